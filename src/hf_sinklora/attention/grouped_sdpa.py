@@ -1,0 +1,183 @@
+"""Grouped ``scaled_dot_product_attention``: SF-Attn without an ``n x n`` mask or score matrix.
+
+Tokens are gathered into ``(groups, heads, sinks + group, dim)`` blocks, so memory is
+``O(n * (G + s))``. The common case needs no mask at all: a group whose sink keys are all
+present is laid out as ``[s sinks, G members]`` for keys *and* queries, and a top-left
+causal SDPA then gives member ``a`` every sink plus members ``<= a`` (the sink query rows
+are computed and dropped). Only ragged cases (sliding windows that bind, soft-capping,
+holes in a padding mask, groups shorter than the sink count) build a small per-group mask.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .groups import GroupLayout
+
+
+def _member_slots(layout: GroupLayout, groups: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, width)`` flat token index and validity of the members of ``groups``.
+
+    Slots past a group's length point at its first token; they sit after every real
+    member, so causal masking already hides them from real queries.
+    """
+    offsets = torch.arange(width, device=groups.device)
+    start = layout.token_start[groups, None]
+    valid = offsets < layout.length[groups, None]
+    return torch.where(valid, start + offsets, start), valid
+
+
+def _sink_slots(layout: GroupLayout, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(N, s)`` flat token index and validity of the sink keys prepended to ``groups``."""
+    offsets = torch.arange(layout.num_sink_tokens, device=groups.device)
+    start = layout.segment_token_start[groups, None]
+    valid = offsets < layout.num_sinks[groups, None]
+    return torch.where(valid, start + offsets, start), valid
+
+
+def _gather(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(T, H, D)`` gathered by an ``(N, W)`` index into ``(N, H, W, D)``."""
+    return flat[index].transpose(1, 2)
+
+
+def _math_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor,
+    scale: float,
+    dropout: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Masked softmax attention with optional tanh soft-capping (what SDPA cannot do).
+
+    Shapes: query ``(N, H, Lq, D)``, key/value ``(N, H, Lk, D)``, mask ``(N, 1, Lq, Lk)`` bool.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout)
+    return torch.matmul(probs, value)
+
+
+def _repeat_heads(tensor: torch.Tensor, repeats: int) -> torch.Tensor:
+    return tensor if repeats == 1 else tensor.repeat_interleave(repeats, dim=1)
+
+
+def needs_mask(layout: GroupLayout, sliding_window: int | None, softcap: float | None, has_holes: bool) -> bool:
+    """True when the mask-free causal layout cannot express the rule exactly."""
+    partial_sinks = bool(((layout.num_sinks > 0) & (layout.num_sinks < layout.num_sink_tokens)).any())
+    window_binds = sliding_window is not None and layout.max_distance >= sliding_window
+    return partial_sinks or window_binds or softcap is not None or has_holes
+
+
+def grouped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    layout: GroupLayout,
+    *,
+    scale: float,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    key_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SF-Attn for one head class over a flattened batch.
+
+    Args:
+        query: ``(T, Hq, D)`` with ``T = batch * seq_len`` (token-major).
+        key, value: ``(T, Hkv, D)``; ``Hq`` a multiple of ``Hkv`` (GQA).
+        layout: the groups of this head class.
+        scale: softmax scale.
+        dropout: attention dropout probability (training only).
+        sliding_window: keys more than ``sliding_window - 1`` positions back are hidden.
+        softcap: Gemma2-style ``tanh`` logit soft-capping.
+        key_valid: ``(T,)`` bool, False for masked holes inside segments.
+
+    Returns:
+        ``(T, Hq, D)``; tokens outside every segment (padding) get zeros.
+    """
+    num_tokens, num_heads, head_dim = query.shape
+    repeats = num_heads // key.shape[1]
+    if needs_mask(layout, sliding_window, softcap, key_valid is not None):
+        blocks, slots = _masked_blocks(query, key, value, layout, scale, dropout, sliding_window, softcap, key_valid)
+    else:
+        blocks, slots = _causal_blocks(query, key, value, layout, scale, dropout, repeats)
+
+    # Every member token appears in exactly one block row; padding reads the zero row.
+    rows = torch.cat([b.transpose(1, 2).reshape(-1, num_heads, head_dim) for b in blocks] + [query.new_zeros(1, num_heads, head_dim)])
+    token_slot = torch.full((num_tokens,), rows.shape[0] - 1, dtype=torch.long, device=query.device)
+    for member_index, member_valid, slot in slots:
+        token_slot[member_index[member_valid]] = slot[member_valid]
+    return rows[token_slot]
+
+
+def _causal_blocks(query, key, value, layout, scale, dropout, repeats):
+    """Mask-free path: groups without sinks, and groups with all ``s`` sinks, each one causal SDPA."""
+    blocks, slots, offset = [], [], 0
+    sink_count = layout.num_sink_tokens
+    for with_sinks in (False, True):
+        groups = (layout.num_sinks > 0).nonzero().squeeze(1) if with_sinks else (layout.num_sinks == 0).nonzero().squeeze(1)
+        if groups.numel() == 0:
+            continue
+        width = int(layout.length[groups].max())
+        member_index, member_valid = _member_slots(layout, groups, width)
+        index = member_index
+        if with_sinks:
+            index = torch.cat([_sink_slots(layout, groups)[0], member_index], dim=1)
+        block_width = index.shape[1]
+        out = F.scaled_dot_product_attention(
+            _gather(query, index),
+            _gather(key, index),
+            _gather(value, index),
+            dropout_p=dropout,
+            is_causal=True,
+            scale=scale,
+            enable_gqa=repeats > 1,
+        )
+        blocks.append(out)
+        prefix = block_width - width
+        slot = offset + torch.arange(len(groups), device=index.device)[:, None] * block_width + prefix + torch.arange(width, device=index.device)
+        slots.append((member_index, member_valid, slot))
+        offset += len(groups) * block_width
+    return blocks, slots
+
+
+def _masked_blocks(query, key, value, layout, scale, dropout, sliding_window, softcap, key_valid):
+    """General path: one block of ``(N, Hq, G, s + G)`` with an explicit per-group mask."""
+    groups = torch.arange(len(layout.length), device=query.device)
+    width = layout.max_length
+    member_index, member_valid = _member_slots(layout, groups, width)
+    sink_index, sink_valid = _sink_slots(layout, groups)
+    key_index = torch.cat([sink_index, member_index], dim=1)
+
+    member_pos = layout.position_start[:, None] + torch.arange(width, device=query.device)
+    sink_pos = torch.arange(layout.num_sink_tokens, device=query.device).expand(len(groups), -1)
+    key_pos = torch.cat([sink_pos, member_pos], dim=1)
+    slot_valid = torch.cat([sink_valid, member_valid], dim=1)
+    if key_valid is not None:
+        slot_valid = slot_valid & key_valid[key_index]
+
+    distance = member_pos[:, :, None] - key_pos[:, None, :]  # (N, G, s + G)
+    allowed = slot_valid[:, None, :] & (distance >= 0)
+    if sliding_window is not None:
+        allowed = allowed & (distance < sliding_window)
+    # A query always sees itself, so no row is empty (matters only for padding/hole rows).
+    itself = torch.zeros_like(allowed)
+    itself[:, :, layout.num_sink_tokens :] = torch.eye(width, dtype=torch.bool, device=query.device)
+    mask = (allowed | itself)[:, None]
+
+    q = _gather(query, member_index)
+    k, v = _gather(key, key_index), _gather(value, key_index)
+    repeats = query.shape[1] // key.shape[1]
+    if softcap is None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=repeats > 1)
+    else:
+        out = _math_attention(q, _repeat_heads(k, repeats), _repeat_heads(v, repeats), mask, scale, dropout, softcap)
+    slot = groups[:, None] * width + torch.arange(width, device=query.device)
+    return [out], [(member_index, member_valid, slot)]

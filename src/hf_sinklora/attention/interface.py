@@ -1,0 +1,270 @@
+"""The attention functions registered as ``sf_attention`` and ``s2_attention``.
+
+transformers calls them from every model that uses the attention interface, with
+``query (B, Hq, n, D)``, ``key/value (B, Hkv, n, D)``, the mask our
+:func:`sf_attention_mask` built, and per-layer keyword arguments (``sliding_window``,
+``softcap``, ``position_ids``, ``cu_seq_lens_q`` ...). They return ``(B, n, Hq, D)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+
+from .config import SFAttentionConfig, sf_config_from
+from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
+from .full_causal import full_causal_attention
+from .grouped_sdpa import grouped_attention, needs_mask
+from .groups import build_group_layout, group_sizes
+from .segments import Segments, find_segments
+
+logger = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        logger.warning(message)
+
+
+def sf_attention_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    mask_function: Any = None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> torch.Tensor | None:
+    """``AttentionMaskInterface`` entry: the 2-D ``(B, kv_length)`` padding mask, or None.
+
+    SF-Attn builds its own sparse pattern from segments, so like flash-attn it needs only
+    which tokens are real; an ``n x n`` mask is never made here. Without this entry
+    transformers would silently pass ``attention_mask=None`` to the attention function.
+    """
+    if attention_mask is None:
+        return None
+    attention_mask = attention_mask[:, -kv_length:]
+    if attention_mask.shape[1] == kv_length and bool(attention_mask.all()):
+        return None
+    return attention_mask
+
+
+def _segments_for(query: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> Segments:
+    batch_size, _, seq_len, _ = query.shape
+    position_ids = kwargs.get("position_ids")
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if attention_mask is not None or (position_ids is not None and position_ids.shape[-1] != seq_len):
+        position_ids = None
+    return find_segments(batch_size, seq_len, query.device, attention_mask, position_ids, cu_seq_lens)
+
+
+def _head_classes(num_heads: int, settings: SFAttentionConfig) -> list[tuple[int, int, bool]]:
+    """``(first head, end head, shifted)`` ranges: unshifted heads first, shifted heads last."""
+    first_shifted = num_heads - settings.num_shifted_heads(num_heads)
+    classes = [(0, first_shifted, False), (first_shifted, num_heads, True)]
+    return [c for c in classes if c[1] > c[0]]
+
+
+def _use_flash(query: torch.Tensor, settings: SFAttentionConfig) -> bool:
+    if settings.backend == "sdpa":
+        return False
+    if settings.backend == "flash_attn":
+        if not can_use_flash(query):
+            reason = "flash_attn is not installed" if not flash_attn_available() else (
+                f"tensors are {query.device.type}/{query.dtype}, flash-attn needs CUDA fp16/bf16"
+            )
+            raise ValueError(f"sf_attention backend='flash_attn' cannot run: {reason}; use backend='auto' or 'sdpa'")
+        return True
+    return can_use_flash(query)
+
+
+def grouped_sf_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: Segments,
+    settings: SFAttentionConfig,
+    *,
+    scale: float,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """SF-Attn over the given segments.
+
+    Args:
+        query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
+        segments: where the sequences lie (:func:`find_segments`).
+        settings: the rule's parameters.
+
+    Returns:
+        ``(B, n, Hq, D)``; padding positions are zeros.
+    """
+    batch_size, num_heads, seq_len, head_dim = query.shape
+    num_kv_heads = key.shape[1]
+    repeats = num_heads // num_kv_heads
+    # Token-major (T, H, D) so that groups are gathered by flat token index.
+    q_flat = query.transpose(1, 2).reshape(batch_size * seq_len, num_heads, head_dim)
+    k_flat = key.transpose(1, 2).reshape(batch_size * seq_len, num_kv_heads, head_dim)
+    v_flat = value.transpose(1, 2).reshape(batch_size * seq_len, num_kv_heads, value.shape[-1])
+    key_valid = None if segments.key_valid is None else segments.key_valid.flatten()
+    sizes = group_sizes(segments, settings.group_size, settings.group_size_ratio)
+    use_flash = _use_flash(query, settings)
+
+    outputs = []
+    for first, end, shifted in _head_classes(num_heads, settings):
+        layout = build_group_layout(segments, sizes, shifted, settings.num_sink_tokens)
+        q = q_flat[:, first:end]
+        if first % repeats == 0 and end % repeats == 0:
+            kv_heads = slice(first // repeats, end // repeats)
+            k, v = k_flat[:, kv_heads], v_flat[:, kv_heads]
+        else:  # the class boundary splits a GQA group: give each query head its own key head
+            kv_heads = torch.arange(first, end, device=query.device) // repeats
+            k, v = k_flat[:, kv_heads], v_flat[:, kv_heads]
+        flash_ok = use_flash and key_valid is None and not needs_mask(layout, sliding_window, None, False)
+        if use_flash and not flash_ok:
+            _warn_once("sf_attention: a binding sliding window or masked holes need the grouped SDPA backend for this call")
+        if flash_ok:
+            out = flash_grouped_attention(q, k, v, layout, scale=scale, dropout=dropout, softcap=softcap)
+        else:
+            out = grouped_attention(
+                q, k, v, layout, scale=scale, dropout=dropout,
+                sliding_window=sliding_window, softcap=softcap, key_valid=key_valid,
+            )
+        outputs.append(out)
+    out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
+    return out.view(batch_size, seq_len, num_heads, -1)
+
+
+def _attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    settings: SFAttentionConfig,
+    dropout: float,
+    scaling: float | None,
+    sliding_window: int | None,
+    softcap: float | None,
+    kwargs: dict[str, Any],
+) -> tuple[torch.Tensor, None]:
+    if kwargs.get("output_attentions"):
+        _warn_once(
+            "sf_attention does not return attention probabilities (SF-Attn never forms the n x n matrix); "
+            "attentions are None. Load with attn_implementation='eager' to inspect them."
+        )
+    if not getattr(module, "is_causal", True) or kwargs.get("is_causal") is False:
+        raise ValueError("sf_attention is a causal attention; this module is bidirectional (is_causal=False)")
+    num_heads, num_kv_heads = query.shape[1], key.shape[1]
+    if num_heads % num_kv_heads:
+        raise ValueError(f"query heads ({num_heads}) must be a multiple of key/value heads ({num_kv_heads})")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    mode = "sf" if module.training else settings.eval_mode
+    q_len, kv_len = query.shape[2], key.shape[2]
+
+    if mode == "full":
+        segments = None
+        if q_len == kv_len and attention_mask is None:
+            segments = _segments_for(query, None, kwargs)
+        if segments is not None and len(segments.row) > query.shape[0]:
+            # Packed rows: causal within each segment = one group per segment, no sinks.
+            whole = dataclasses.replace(settings, group_size=None, group_size_ratio=1.0, num_sink_tokens=0)
+            out = grouped_sf_attention(
+                query, key, value, segments, whole, scale=scale, dropout=dropout,
+                sliding_window=sliding_window, softcap=softcap,
+            )
+        else:
+            out = full_causal_attention(
+                module, query, key, value, attention_mask, scale=scale, dropout=dropout,
+                sliding_window=sliding_window, softcap=softcap,
+            )
+        return out, None
+
+    if q_len != kv_len:
+        hint = "call model.eval() before generate()" if module.training else "use eval_mode='full' for generation"
+        raise ValueError(
+            f"SF-Attn needs whole sequences (queries {q_len} != keys {kv_len}, i.e. a KV cache is in use); {hint}"
+        )
+    if attention_mask is not None and attention_mask.ndim != 2:
+        raise ValueError(
+            "sf_attention needs a 2-D (batch, seq_len) padding mask; got a prepared "
+            f"{attention_mask.ndim}-D mask. Pass the tokenizer's attention_mask instead."
+        )
+    segments = _segments_for(query, attention_mask, kwargs)
+    out = grouped_sf_attention(
+        query, key, value, segments, settings, scale=scale, dropout=dropout,
+        sliding_window=sliding_window, softcap=softcap,
+    )
+    return out, None
+
+
+def sf_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Sink Fixed Attention (``attn_implementation="sf_attention"``).
+
+    Reads its parameters from ``module.config.sf_attention``. In training mode it applies
+    the SF-Attn rule per segment; in eval mode it runs ``eval_mode`` (dense causal by default).
+
+    Args:
+        module: the attention layer (``training``, ``config``, ``is_causal`` are read).
+        query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, kv, D)``.
+        attention_mask: 2-D ``(B, kv)`` padding mask from :func:`sf_attention_mask`, or None.
+        dropout: attention dropout probability.
+        scaling: softmax scale (default ``D ** -0.5``).
+        sliding_window: the layer's window; keys further back are hidden.
+        softcap: logit soft-capping value (Gemma2).
+        **kwargs: ``position_ids``/``cu_seq_lens_q`` describe packed rows.
+
+    Returns:
+        ``(attn_output (B, n, Hq, D), None)``: attention probabilities are never returned.
+    """
+    settings = sf_config_from(module.config)
+    return _attention(module, query, key, value, attention_mask, settings, dropout, scaling, sliding_window, softcap, kwargs)
+
+
+def s2_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """Shifted sparse attention without the wrap-around leak (``attn_implementation="s2_attention"``).
+
+    The SF-Attn rule with ``num_sink_tokens = 0`` (other settings from ``config.sf_attention``),
+    for ablations against LongLoRA's S2-Attn.
+    """
+    settings = dataclasses.replace(sf_config_from(module.config), num_sink_tokens=0)
+    return _attention(module, query, key, value, attention_mask, settings, dropout, scaling, sliding_window, softcap, kwargs)
+
+
+def register() -> None:
+    """Registers both names with transformers' ``AttentionInterface`` and ``AttentionMaskInterface``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    for name, function in (("sf_attention", sf_attention_forward), ("s2_attention", s2_attention_forward)):
+        AttentionInterface.register(name, function)
+        AttentionMaskInterface.register(name, sf_attention_mask)
