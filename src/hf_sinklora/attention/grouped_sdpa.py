@@ -181,3 +181,71 @@ def _masked_blocks(query, key, value, layout, scale, dropout, sliding_window, so
         out = _math_attention(q, _repeat_heads(k, repeats), _repeat_heads(v, repeats), mask, scale, dropout, softcap)
     slot = groups[:, None] * width + torch.arange(width, device=query.device)
     return [out], [(member_index, member_valid, slot)]
+
+
+def uniform_window_free(seq_len: int, group_size: int, shift: int, num_sink_tokens: int, sliding_window: int | None) -> bool:
+    """Whether :func:`uniform_grouped_attention` applies: every later group has all ``s`` sinks
+    and a sliding window (if any) covers every allowed pair."""
+    if group_size - shift < min(num_sink_tokens, seq_len):
+        return False
+    has_later_groups = seq_len > group_size - shift
+    max_distance = seq_len - 1 if (has_later_groups and num_sink_tokens) else min(seq_len, group_size) - 1
+    return sliding_window is None or max_distance < sliding_window
+
+
+def uniform_grouped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    group_size: int,
+    shift: int,
+    num_sink_tokens: int,
+    *,
+    scale: float,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """SF-Attn for one head class when every row is one whole segment (no padding, no packing).
+
+    The sequence splits into the first group ``[0, G - shift)`` (plain causal SDPA), ``m``
+    full groups and a shorter tail group. Full groups become ``(B * m, H, s + G, D)``
+    blocks laid out ``[sinks, members]`` under top-left causal SDPA, so nothing is
+    gathered and each input is copied once. Requires :func:`uniform_window_free`.
+
+    Args:
+        query: ``(B, Hq, n, D)``; key/value ``(B, Hkv, n, D)``.
+
+    Returns:
+        ``(B, n, Hq, D)`` (token-major, as attention functions return).
+    """
+    batch, num_heads, seq_len, _ = query.shape
+    sdpa_kwargs = dict(dropout_p=dropout, is_causal=True, scale=scale, enable_gqa=num_heads != key.shape[1])
+    first = min(seq_len, group_size - shift)
+    num_full = (seq_len - first) // group_size
+    tail = seq_len - first - num_full * group_size
+    sinks = num_sink_tokens
+
+    def pieces(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """``(B, h, n, d)`` -> first group, full-group blocks ``(B * m, h, s + G, d)``, tail block."""
+        heads, dim = x.shape[1], x.shape[-1]
+        # split, not slicing: backward then assembles the gradient with one concatenation
+        first_group, body, tail_group = x.split([first, num_full * group_size, tail], dim=2)
+        sink_part = first_group[:, :, :sinks]
+        blocks = None
+        if num_full:
+            blocks = body.view(batch, heads, num_full, group_size, dim).transpose(1, 2)
+            if sinks:
+                blocks = torch.cat([sink_part[:, None].expand(batch, num_full, heads, sinks, dim), blocks], dim=3)
+            blocks = blocks.reshape(batch * num_full, heads, sinks + group_size, dim)
+        tail_block = torch.cat([sink_part, tail_group], dim=2) if tail else None
+        return first_group, blocks, tail_block
+
+    (q0, q_blocks, q_tail), (k0, k_blocks, k_tail), (v0, v_blocks, v_tail) = map(pieces, (query, key, value))
+    parts = [F.scaled_dot_product_attention(q0, k0, v0, **sdpa_kwargs).transpose(1, 2)]
+    if num_full:
+        out = F.scaled_dot_product_attention(q_blocks, k_blocks, v_blocks, **sdpa_kwargs)
+        out = out.view(batch, num_full, num_heads, sinks + group_size, -1)[:, :, :, sinks:].transpose(2, 3)
+        parts.extend(out.unbind(1))  # num_full views of (B, G, H, D): one copy in the final cat
+    if tail:
+        out = F.scaled_dot_product_attention(q_tail, k_tail, v_tail, **sdpa_kwargs)
+        parts.append(out[:, :, sinks:].transpose(1, 2))
+    return torch.cat(parts, dim=1)

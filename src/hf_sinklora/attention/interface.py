@@ -17,7 +17,7 @@ import torch
 from .config import SFAttentionConfig, sf_config_from
 from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
 from .full_causal import full_causal_attention
-from .grouped_sdpa import grouped_attention, needs_mask
+from .grouped_sdpa import grouped_attention, needs_mask, uniform_grouped_attention, uniform_window_free
 from .groups import build_group_layout, group_sizes
 from .segments import Segments, find_segments
 
@@ -71,6 +71,11 @@ def _head_classes(num_heads: int, settings: SFAttentionConfig) -> list[tuple[int
     return [c for c in classes if c[1] > c[0]]
 
 
+def _token_major(x: torch.Tensor) -> torch.Tensor:
+    """``(B, H, n, D)`` -> ``(B * n, H, D)``, so groups are gathered by flat token index."""
+    return x.transpose(1, 2).reshape(x.shape[0] * x.shape[2], x.shape[1], x.shape[3])
+
+
 def _use_flash(query: torch.Tensor, settings: SFAttentionConfig) -> bool:
     if settings.backend == "sdpa":
         return False
@@ -106,27 +111,41 @@ def grouped_sf_attention(
     Returns:
         ``(B, n, Hq, D)``; padding positions are zeros.
     """
-    batch_size, num_heads, seq_len, head_dim = query.shape
-    num_kv_heads = key.shape[1]
-    repeats = num_heads // num_kv_heads
-    # Token-major (T, H, D) so that groups are gathered by flat token index.
-    q_flat = query.transpose(1, 2).reshape(batch_size * seq_len, num_heads, head_dim)
-    k_flat = key.transpose(1, 2).reshape(batch_size * seq_len, num_kv_heads, head_dim)
-    v_flat = value.transpose(1, 2).reshape(batch_size * seq_len, num_kv_heads, value.shape[-1])
+    batch_size, num_heads, seq_len, _ = query.shape
+    repeats = num_heads // key.shape[1]
     key_valid = None if segments.key_valid is None else segments.key_valid.flatten()
     sizes = group_sizes(segments, settings.group_size, settings.group_size_ratio)
     use_flash = _use_flash(query, settings)
 
+    classes = _head_classes(num_heads, settings)
+    uniform = segments.is_uniform and softcap is None and not use_flash
+    if uniform:  # split (not slice) heads: backward then assembles each gradient in one pass
+        head_counts = [end - first for first, end, _ in classes]
+        query_parts = query.split(head_counts, dim=1)
+        if all(first % repeats == 0 and end % repeats == 0 for first, end, _ in classes):
+            key_parts = key.split([c // repeats for c in head_counts], dim=1)
+            value_parts = value.split([c // repeats for c in head_counts], dim=1)
+        else:
+            key_parts = value_parts = None
     outputs = []
-    for first, end, shifted in _head_classes(num_heads, settings):
-        layout = build_group_layout(segments, sizes, shifted, settings.num_sink_tokens)
-        q = q_flat[:, first:end]
+    for index, (first, end, shifted) in enumerate(classes):
         if first % repeats == 0 and end % repeats == 0:
             kv_heads = slice(first // repeats, end // repeats)
-            k, v = k_flat[:, kv_heads], v_flat[:, kv_heads]
         else:  # the class boundary splits a GQA group: give each query head its own key head
             kv_heads = torch.arange(first, end, device=query.device) // repeats
-            k, v = k_flat[:, kv_heads], v_flat[:, kv_heads]
+        if uniform:
+            group_size = settings.group_size_for(seq_len)
+            shift = group_size // 2 if shifted else 0
+            if uniform_window_free(seq_len, group_size, shift, settings.num_sink_tokens, sliding_window):
+                k = key[:, kv_heads] if key_parts is None else key_parts[index]
+                v = value[:, kv_heads] if value_parts is None else value_parts[index]
+                out = uniform_grouped_attention(
+                    query_parts[index], k, v, group_size, shift, settings.num_sink_tokens, scale=scale, dropout=dropout
+                )
+                outputs.append(out)
+                continue
+        layout = build_group_layout(segments, sizes, shifted, settings.num_sink_tokens)
+        q, k, v = (_token_major(x) for x in (query[:, first:end], key[:, kv_heads], value[:, kv_heads]))
         flash_ok = use_flash and key_valid is None and not needs_mask(layout, sliding_window, None, False)
         if use_flash and not flash_ok:
             _warn_once("sf_attention: a binding sliding window or masked holes need the grouped SDPA backend for this call")
@@ -137,9 +156,9 @@ def grouped_sf_attention(
                 q, k, v, layout, scale=scale, dropout=dropout,
                 sliding_window=sliding_window, softcap=softcap, key_valid=key_valid,
             )
-        outputs.append(out)
-    out = torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
-    return out.view(batch_size, seq_len, num_heads, -1)
+        outputs.append(out.view(batch_size, seq_len, end - first, -1))
+    out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
+    return out.reshape(batch_size, seq_len, num_heads, -1)
 
 
 def _attention(

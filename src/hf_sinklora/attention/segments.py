@@ -33,6 +33,15 @@ class Segments:
     seq_len: int
 
     @property
+    def is_uniform(self) -> bool:
+        """Every row is one segment covering the whole row (no padding, no packing)."""
+        return (
+            self.key_valid is None
+            and len(self.row) == self.batch_size
+            and bool((self.start == 0).all() and (self.length == self.seq_len).all())
+        )
+
+    @property
     def flat_start(self) -> torch.Tensor:
         """``(S,)`` index of each segment's first token in the flattened ``batch_size * seq_len`` grid."""
         return self.row * self.seq_len + self.start
