@@ -39,8 +39,12 @@ def sf_reference_mask(
     shifted_head_ratio: float = 0.5,
     sliding_window: int | None = None,
     key_valid: torch.Tensor | None = None,
+    **_backend_settings,
 ) -> torch.Tensor:
-    """``(B, Hq, n, n)`` bool: may query ``i`` of head ``h`` attend to key ``j``."""
+    """``(B, Hq, n, n)`` bool: may query ``i`` of head ``h`` attend to key ``j``.
+
+    Settings that do not change the rule (``eval_mode``, ``backend``) are accepted and ignored.
+    """
     batch, n = segment_id.shape
     num_shifted = math.ceil(num_heads * shifted_head_ratio - 1e-9)
     seg_len = {sid: int((segment_id == sid).sum()) for sid in segment_id.unique().tolist() if sid >= 0}

@@ -153,5 +153,6 @@ def varlen_reference_attention(
             lq, lk = qs.shape[1], ks.shape[1]
             visible = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
             scores = scores.masked_fill(~visible, float("-inf"))
-        outputs.append((scores.float().softmax(-1).to(q.dtype) @ vs).transpose(0, 1))
+        probs = scores.softmax(-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+        outputs.append((probs @ vs).transpose(0, 1))
     return torch.cat(outputs)

@@ -17,7 +17,7 @@ import torch
 from .config import SFAttentionConfig, sf_config_from
 from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
 from .full_causal import full_causal_attention
-from .grouped_sdpa import grouped_attention, needs_mask, uniform_grouped_attention, uniform_window_free
+from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_window_free
 from .groups import build_group_layout, group_sizes
 from .segments import Segments, find_segments
 
@@ -146,7 +146,8 @@ def grouped_sf_attention(
                 continue
         layout = build_group_layout(segments, sizes, shifted, settings.num_sink_tokens)
         q, k, v = (_token_major(x) for x in (query[:, first:end], key[:, kv_heads], value[:, kv_heads]))
-        flash_ok = use_flash and key_valid is None and not needs_mask(layout, sliding_window, None, False)
+        window_binds = sliding_window is not None and layout.max_distance >= sliding_window
+        flash_ok = use_flash and key_valid is None and not window_binds
         if use_flash and not flash_ok:
             _warn_once("sf_attention: a binding sliding window or masked holes need the grouped SDPA backend for this call")
         if flash_ok:

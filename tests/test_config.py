@@ -1,0 +1,87 @@
+"""Settings: validation with errors that name the parameter, storage on the config, registration."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface, LlamaConfig
+from transformers.masking_utils import AttentionMaskInterface
+
+import hf_sinklora
+from hf_sinklora import SFAttentionConfig, configure_sf_attention
+from hf_sinklora.attention import sf_attention_mask
+
+
+@pytest.mark.parametrize(
+    "params,name",
+    [
+        ({"group_size_ratio": 0}, "group_size_ratio"),
+        ({"group_size_ratio": 1.5}, "group_size_ratio"),
+        ({"group_size_ratio": "a"}, "group_size_ratio"),
+        ({"group_size_ratio": True}, "group_size_ratio"),
+        ({"group_size": 0}, "group_size"),
+        ({"group_size": 2.5}, "group_size"),
+        ({"num_sink_tokens": -1}, "num_sink_tokens"),
+        ({"num_sink_tokens": 1.0}, "num_sink_tokens"),
+        ({"shifted_head_ratio": -0.1}, "shifted_head_ratio"),
+        ({"shifted_head_ratio": 2}, "shifted_head_ratio"),
+        ({"eval_mode": "sparse"}, "eval_mode"),
+        ({"backend": "triton"}, "backend"),
+        ({"sinks": 4}, "sinks"),
+    ],
+)
+def test_bad_values_name_the_parameter(params, name):
+    with pytest.raises(ValueError, match=name):
+        configure_sf_attention(LlamaConfig(), **params)
+
+
+def test_defaults_match_the_design():
+    settings = SFAttentionConfig()
+    assert settings.to_dict() == {
+        "group_size_ratio": 0.25,
+        "group_size": None,
+        "num_sink_tokens": 4,
+        "shifted_head_ratio": 0.5,
+        "eval_mode": "full",
+        "backend": "auto",
+    }
+    assert settings.group_size_for(8192) == 2048 and settings.group_size_for(37) == 10
+    assert settings.group_size_for(1) == 1
+    assert SFAttentionConfig(group_size_ratio=0.07).group_size_for(100) == 7  # no float round-up
+    assert settings.num_shifted_heads(7) == 4 and SFAttentionConfig(shifted_head_ratio=0.25).num_shifted_heads(8) == 2
+
+
+def test_configure_merges_and_stores_a_plain_dict():
+    config = LlamaConfig()
+    configure_sf_attention(config, num_sink_tokens=2)
+    settings = configure_sf_attention(config, group_size=64)
+    assert settings.num_sink_tokens == 2 and settings.group_size == 64
+    assert isinstance(config.sf_attention, dict) and config.sf_attention["group_size"] == 64
+    assert config.to_dict()["sf_attention"]["num_sink_tokens"] == 2
+
+
+def test_configure_accepts_a_model_and_rejects_other_objects():
+    from transformers import AutoModelForCausalLM
+
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=32)
+    model = AutoModelForCausalLM.from_config(config)
+    configure_sf_attention(model, eval_mode="sf")
+    assert model.config.sf_attention["eval_mode"] == "sf"
+    with pytest.raises(TypeError, match="model_or_config"):
+        configure_sf_attention(object())
+
+
+def test_both_names_are_registered_with_a_mask_entry():
+    assert hf_sinklora.__version__
+    for name in ("sf_attention", "s2_attention"):
+        assert name in AttentionInterface._global_mapping
+        assert AttentionMaskInterface._global_mapping[name] is sf_attention_mask
+
+
+def test_mask_entry_passes_only_real_padding():
+    ones = torch.ones(2, 6, dtype=torch.bool)
+    assert sf_attention_mask(2, 6, 6, attention_mask=ones) is None
+    assert sf_attention_mask(2, 6, 6, attention_mask=None) is None
+    padded = ones.clone()
+    padded[1, :3] = False
+    assert torch.equal(sf_attention_mask(2, 4, 4, attention_mask=padded), padded[:, -4:])
