@@ -1,0 +1,60 @@
+"""A corpus every machine has: the Python standard library's own sources.
+
+Used by the demo and the tests to train a small BPE tokenizer and cut token streams
+into fixed-length training rows, with no download.
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def stdlib_source_files(limit: int | None = None) -> list[Path]:
+    """The standard library's top-level ``*.py`` files, sorted by name (deterministic)."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = sorted(p for p in stdlib.glob("*.py") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no Python sources found under {stdlib}")
+    return files[:limit] if limit else files
+
+
+def read_texts(files: Iterable[Path]) -> list[str]:
+    return [Path(f).read_text(encoding="utf-8", errors="replace") for f in files]
+
+
+def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+    """Trains a byte-level BPE tokenizer on ``texts`` and wraps it for transformers.
+
+    Args:
+        texts: training text.
+        vocab_size: target vocabulary size, including ``<pad> <s> </s> <unk>``.
+    """
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+    )
+
+
+def chunk_token_ids(tokenizer: PreTrainedTokenizerFast, texts: Iterable[str], seq_len: int) -> list[list[int]]:
+    """Concatenates the documents (``</s>`` between them) and cuts rows of exactly ``seq_len`` tokens."""
+    stream: list[int] = []
+    for text in texts:
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+        stream.append(tokenizer.eos_token_id)
+    return [stream[i : i + seq_len] for i in range(0, len(stream) - seq_len + 1, seq_len)]
