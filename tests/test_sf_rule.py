@@ -17,13 +17,13 @@ HEAD_LAYOUTS = [(4, 4), (4, 2), (6, 2), (4, 1), (3, 1), (5, 5), (8, 2)]
 
 
 def run_against_reference(scenario: Scenario, num_heads: int, num_kv_heads: int, dtype=torch.float64, seed=0,
-                          attention_fn=sf_attention_forward, expected_params=None):
+                          attention_fn=sf_attention_forward, expected_params=None, training=True):
     torch.manual_seed(seed)
     batch, n, dim = len(scenario.rows), scenario.seq_len, 8
     q = torch.randn(batch, num_heads, n, dim, dtype=dtype, requires_grad=True)
     k = torch.randn(batch, num_kv_heads, n, dim, dtype=dtype, requires_grad=True)
     v = torch.randn(batch, num_kv_heads, n, dim, dtype=dtype, requires_grad=True)
-    module = FakeAttention(scenario.params, num_heads // num_kv_heads).train()
+    module = FakeAttention(scenario.params, num_heads // num_kv_heads).train(training)
     mask, kwargs = scenario.attention_kwargs()
     out, weights = attention_fn(
         module, q, k, v, mask, dropout=0.0, scaling=0.3,
@@ -132,3 +132,18 @@ def test_dropout_keeps_the_pattern():
     allowed[[0, 1]] = True
     allowed[16:21] = True
     assert not (touched & ~allowed).any()
+
+
+@pytest.mark.parametrize("kind", ["packed_pos", "packed_cu", "right_pad", "left_pad", "plain"])
+def test_eval_mode_is_full_causal_attention_per_segment(kind):
+    rows = {
+        "packed_pos": [[(0, 9), (9, 20), (29, 3)], [(0, 32)]],
+        "packed_cu": [[(0, 9), (9, 20), (29, 3)]],
+        "right_pad": [[(0, 32)], [(0, 21)]],
+        "left_pad": [[(0, 32)], [(11, 21)]],
+        "plain": [[(0, 32)], [(0, 32)]],
+    }[kind]
+    params = {"group_size_ratio": 0.25, "num_sink_tokens": 4, "shifted_head_ratio": 0.5}
+    scenario = Scenario(seq_len=32, rows=rows, kind=kind, params=params)
+    full = {"group_size_ratio": 1.0, "num_sink_tokens": 0, "shifted_head_ratio": 0.0}
+    run_against_reference(scenario, 4, 2, expected_params=full, training=False)

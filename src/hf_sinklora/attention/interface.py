@@ -195,7 +195,9 @@ def _attention(
             segments = _segments_for(query, None, kwargs)
         if segments is not None and len(segments.row) > query.shape[0]:
             # Packed rows: causal within each segment = one group per segment, no sinks.
-            whole = dataclasses.replace(settings, group_size=None, group_size_ratio=1.0, num_sink_tokens=0)
+            whole = dataclasses.replace(
+                settings, group_size=None, group_size_ratio=1.0, num_sink_tokens=0, shifted_head_ratio=0.0
+            )
             out = grouped_sf_attention(
                 query, key, value, segments, whole, scale=scale, dropout=dropout,
                 sliding_window=sliding_window, softcap=softcap,
