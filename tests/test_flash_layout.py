@@ -14,7 +14,7 @@ from hf_sinklora.attention import find_segments, interface
 from hf_sinklora.attention.flash_varlen import build_varlen_layout, varlen_reference_attention
 from hf_sinklora.attention.groups import build_group_layout, group_sizes
 
-from .helpers import Scenario, random_scenario
+from .helpers import random_scenario
 from .test_sf_rule import HEAD_LAYOUTS, run_against_reference
 
 calls = []

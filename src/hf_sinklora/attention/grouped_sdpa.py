@@ -120,7 +120,6 @@ def grouped_attention(
 def _causal_blocks(query, key, value, layout, scale, dropout, repeats):
     """Mask-free path: groups without sinks, and groups with all ``s`` sinks, each one causal SDPA."""
     blocks, slots, offset = [], [], 0
-    sink_count = layout.num_sink_tokens
     for with_sinks in (False, True):
         groups = (layout.num_sinks > 0).nonzero().squeeze(1) if with_sinks else (layout.num_sinks == 0).nonzero().squeeze(1)
         if groups.numel() == 0:
