@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..cache.scored_attention import h2o_attention, h2o_layer_of
 from .config import SFAttentionConfig, sf_config_from
 from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
 from .full_causal import full_causal_attention
@@ -186,6 +187,12 @@ def _attention(
     if num_heads % num_kv_heads:
         raise ValueError(f"query heads ({num_heads}) must be a multiple of key/value heads ({num_kv_heads})")
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    h2o_layer = h2o_layer_of(key)
+    if h2o_layer is not None:
+        if module.training:
+            raise ValueError("H2OCache is for inference: call model.eval() before generate()")
+        out = h2o_attention(query, h2o_layer, attention_mask, scale=scale, sliding_window=sliding_window, softcap=softcap)
+        return out, None
     mode = "sf" if module.training else settings.eval_mode
     q_len, kv_len = query.shape[2], key.shape[2]
 

@@ -1,0 +1,8 @@
+"""H2O (Heavy-Hitter Oracle) KV-cache eviction as a ``transformers.Cache``."""
+
+from .h2o_cache import H2OCache
+from .h2o_layer import H2OLayer
+from .policy import H2OPolicy
+from .scored_attention import h2o_attention, h2o_layer_of, scored_attention
+
+__all__ = ["H2OCache", "H2OLayer", "H2OPolicy", "h2o_attention", "h2o_layer_of", "scored_attention"]

@@ -1,0 +1,124 @@
+"""Causal attention over an :class:`H2OLayer`'s slots that also returns what each key received.
+
+SDPA and flash kernels never expose the probabilities H2O scores with, so this is plain
+matmul + softmax. Queries are processed in chunks, so a long prefill holds at most
+``chunk x slots`` scores per head, never ``n x n``. Slots are not in position order (a
+decode step writes into whichever slot was freed), so visibility comes from positions:
+key ``j`` is visible to query ``i`` iff ``pos(j) <= pos(i)``, the slot holds a real token
+and, for sliding-window layers, ``pos(i) - pos(j) < window``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .h2o_layer import H2OLayer
+
+# Scores materialised per query chunk (elements): 2**22 float32 = 16 MiB.
+SCORE_CHUNK_ELEMENTS = 2**22
+
+
+def scored_attention(
+    query: torch.Tensor,
+    layer: H2OLayer,
+    *,
+    scale: float,
+    queries_real: torch.Tensor | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    chunk_elements: int = SCORE_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of the step's queries over every slot of ``layer``.
+
+    Args:
+        query: ``(B, Hq, q, D)``, the last ``q`` tokens the layer has seen; ``Hq`` a multiple of ``Hkv``.
+        layer: holds ``keys/values (B, Hkv, slots, D)``, ``slot_positions`` and which slots are real.
+        scale: softmax scale.
+        queries_real: ``(B, q)`` bool, False for padding queries, which see only themselves
+            (their output is unused and they give no score); None when all are real.
+        sliding_window: keys ``window`` or more positions back are hidden.
+        softcap: Gemma2-style ``tanh`` logit soft-capping.
+        chunk_elements: bound on the scores held at once.
+
+    Returns:
+        ``out (B, q, Hq, D)`` and ``key_mass (B, Hkv, slots)`` float32: each slot's probability
+        summed over the queries and averaged over the query heads sharing its KV head.
+    """
+    batch, num_heads, num_queries, head_dim = query.shape
+    keys, values = layer.keys, layer.values
+    num_kv_heads, num_slots = keys.shape[1], keys.shape[2]
+    group = num_heads // num_kv_heads
+    key_pos = layer.slot_positions[:, :, None, :]  # (B, Hkv, 1, slots)
+    real = layer.attendable()[:, :, None, :]
+    query_pos = layer.query_positions(num_queries)
+    if queries_real is not None:
+        queries_real = queries_real.to(device=query.device, dtype=torch.bool)[:, None, :, None]  # (B, 1, q, 1)
+    grouped = query.view(batch, num_kv_heads, group, num_queries, head_dim)
+    keys_t = keys.transpose(-1, -2)  # (B, Hkv, D, slots)
+    softmax_dtype = torch.promote_types(query.dtype, torch.float32)
+
+    key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=torch.float32, device=query.device)
+    chunk = max(1, chunk_elements // max(1, batch * num_heads * num_slots))
+    outputs = []
+    for start in range(0, num_queries, chunk):
+        pos = query_pos[start : start + chunk, None]  # (c, 1)
+        size = pos.shape[0]
+        visible = real & (key_pos <= pos)
+        if sliding_window is not None:
+            visible = visible & (pos - key_pos < sliding_window)
+        if queries_real is not None:
+            visible = visible & queries_real[:, :, start : start + size]
+        visible = visible | (key_pos == pos)  # a (padding) query always sees itself: no empty row
+        q = grouped[:, :, :, start : start + size].reshape(batch, num_kv_heads, group * size, head_dim)
+        logits = torch.matmul(q, keys_t).to(softmax_dtype).view(batch, num_kv_heads, group, size, num_slots) * scale
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        logits = logits.masked_fill(~visible[:, :, None], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        key_mass += probs.sum(dim=(2, 3)) / group
+        out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, num_slots), values)
+        outputs.append(out.view(batch, num_kv_heads, group, size, head_dim))
+    out = torch.cat(outputs, dim=3) if len(outputs) > 1 else outputs[0]
+    return out.reshape(batch, num_heads, num_queries, head_dim).transpose(1, 2), key_mass
+
+
+def h2o_layer_of(key: torch.Tensor) -> H2OLayer | None:
+    """The :class:`H2OLayer` whose ``update`` returned ``key``, if any (no global state: the tag
+    travels on the tensor the model hands to its attention function)."""
+    return getattr(key, "h2o_layer", None)
+
+
+def h2o_attention(
+    query: torch.Tensor,
+    layer: H2OLayer,
+    attention_mask: torch.Tensor | None,
+    *,
+    scale: float,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """One attention step under H2O: marks padding, attends over the kept + new keys, scores, evicts.
+
+    Args:
+        query: ``(B, Hq, q, D)``.
+        layer: the layer ``update`` just stored the step's keys in.
+        attention_mask: the 2-D ``(B, kv)`` padding mask (its last ``q`` columns are the step's
+            tokens), or None when every token is real.
+
+    Returns:
+        ``(B, q, Hq, D)``.
+    """
+    num_new = query.shape[2]
+    new_tokens_real = None
+    if attention_mask is not None:
+        if attention_mask.ndim != 2:
+            raise ValueError(
+                f"H2OCache needs the 2-D (batch, seq_len) padding mask; got a {attention_mask.ndim}-D mask"
+            )
+        new_tokens_real = attention_mask[:, -num_new:]
+    layer.begin_step(num_new, new_tokens_real)
+    out, key_mass = scored_attention(
+        query, layer, scale=scale, queries_real=new_tokens_real, sliding_window=sliding_window, softcap=softcap
+    )
+    layer.end_step(key_mass, sliding_window)
+    return out

@@ -1,0 +1,168 @@
+"""H2OLayer + scored attention against the naive reference, step by step, on random tensors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from hf_sinklora import H2OCache
+from hf_sinklora.cache import H2OPolicy, h2o_attention, h2o_layer_of, scored_attention
+
+from .h2o_reference import ReferenceH2OHead
+
+
+def _live(positions, real_positions, seen, window):
+    """Kept tokens that can still be attended: real and, for sliding layers, inside the window."""
+    return [p for p in positions if p in real_positions and (window is None or p > seen - 1 - window)]
+
+
+def run_against_reference(
+    *, batch=2, kv_heads=2, group=2, dim=8, budget=12, recent_ratio=0.5, sinks=2, chunks=(20, 1, 1, 1, 1, 1),
+    pads=(0, 3), window=None, softcap=None, seed=0, chunk_elements=None,
+):
+    generator = torch.Generator().manual_seed(seed)
+    cache = H2OCache(budget, recent_ratio=recent_ratio, num_sink_tokens=sinks)
+    refs = [[ReferenceH2OHead(budget, recent_ratio, sinks) for _ in range(kv_heads)] for _ in range(batch)]
+    total = sum(chunks)
+    real = torch.ones(batch, total, dtype=torch.bool)
+    for b, pad in enumerate(pads):
+        real[b, :pad] = False
+    scale = dim**-0.5
+    seen = 0
+    for size in chunks:
+        q = torch.randn(batch, kv_heads * group, size, dim, generator=generator, dtype=torch.float64)
+        k = torch.randn(batch, kv_heads, size, dim, generator=generator, dtype=torch.float64)
+        v = torch.randn(batch, kv_heads, size, dim, generator=generator, dtype=torch.float64)
+        keys, _ = cache.update(k, v, 0)
+        layer = h2o_layer_of(keys)
+        assert layer is cache.layers[0]
+        mask = real[:, : seen + size]
+        if chunk_elements is None:
+            out = h2o_attention(q, layer, mask, scale=scale, sliding_window=window, softcap=softcap)
+        else:  # drive the pieces directly to force many query chunks
+            layer.begin_step(size, mask[:, -size:])
+            out, mass = scored_attention(q, layer, scale=scale, queries_real=mask[:, -size:],
+                                         sliding_window=window, softcap=softcap, chunk_elements=chunk_elements)
+            layer.end_step(mass, window)
+        seen += size
+        assert cache.get_seq_length() == seen
+        assert layer.num_kept == min(seen, budget)
+        for b in range(batch):
+            real_positions = set(real[b].nonzero().flatten().tolist())
+            step_real = real[b, seen - size : seen].tolist()
+            for h in range(kv_heads):
+                ref_out = refs[b][h].step(q[b, h * group : (h + 1) * group], k[b, h], v[b, h], step_real,
+                                          scale=scale, sliding_window=window, softcap=softcap)
+                got = out[b, :, h * group : (h + 1) * group].transpose(0, 1)  # (group, size, D)
+                rows = torch.tensor(step_real)
+                torch.testing.assert_close(got[:, rows], ref_out[:, rows], atol=1e-10, rtol=1e-8)
+                kept = layer.positions[b, h].tolist()
+                assert len(kept) == len(refs[b][h].kept)
+                assert _live(kept, real_positions, seen, window) == _live(refs[b][h].kept, real_positions, seen, window)
+    return cache
+
+
+def test_decoding_after_long_prefill_matches_reference():
+    run_against_reference()
+
+
+def test_chunked_prefill_matches_reference():
+    run_against_reference(chunks=(7, 7, 7, 3, 1, 1, 1, 1), pads=(5, 0))
+
+
+def test_gqa_groups_of_four_and_mha():
+    run_against_reference(kv_heads=1, group=4, seed=1)
+    run_against_reference(kv_heads=3, group=1, seed=2)
+
+
+def test_sliding_window_and_softcap():
+    run_against_reference(window=6, softcap=2.0, chunks=(16, 1, 1, 4, 1, 1), seed=3)
+
+
+def test_streaming_and_recent_only_policies():
+    run_against_reference(recent_ratio=1.0, sinks=3, seed=4)
+    run_against_reference(recent_ratio=1.0, sinks=0, seed=5)
+    run_against_reference(recent_ratio=0.0, sinks=0, seed=6)  # heavy hitters only
+
+
+def test_query_chunking_changes_nothing():
+    run_against_reference(chunk_elements=50, chunks=(30, 1, 1), seed=7)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_settings(seed):
+    rng = random.Random(seed)
+    sinks = rng.choice([0, 1, 4])
+    budget = rng.randint(sinks + 1, 16)
+    chunks = [rng.randint(1, 12) for _ in range(rng.randint(1, 3))] + [1] * rng.randint(1, 6)
+    run_against_reference(
+        budget=budget, sinks=sinks, recent_ratio=rng.choice([0.0, 0.3, 0.5, 1.0]), chunks=tuple(chunks),
+        pads=(0, rng.randint(0, min(3, chunks[0] - 1))), window=rng.choice([None, rng.randint(1, 10)]),
+        kv_heads=rng.choice([1, 2]), group=rng.choice([1, 2, 3]), seed=seed,
+    )
+
+
+def test_decoding_copies_nothing_and_prefill_shrinks():
+    """A decode step writes into the freed slot (same tensor); a multi-token step compacts."""
+    cache = run_against_reference(chunks=(30,), pads=(0, 0))
+    layer = cache.layers[0]
+    assert layer.keys.shape[2] == 12, "after a prefill the tensors shrink to the budget"
+    k = torch.randn(2, 2, 1, 8, dtype=torch.float64)
+    cache.update(k, k, 0)
+    h2o_attention(torch.randn(2, 4, 1, 8, dtype=torch.float64), layer, None, scale=1.0)
+    assert layer.keys.shape[2] == 13 and layer.num_kept == 12
+    storage = layer.keys.data_ptr()
+    for _ in range(3):
+        cache.update(k, k, 0)
+        h2o_attention(torch.randn(2, 4, 1, 8, dtype=torch.float64), layer, None, scale=1.0)
+        assert layer.keys.data_ptr() == storage and layer.keys.shape[2] == 13
+    assert layer.kv_bytes == 2 * 2 * 2 * 13 * 8 * 8
+
+
+@pytest.mark.parametrize(
+    "kwargs,name",
+    [
+        ({"budget": 4}, "budget"),  # < sinks + 1
+        ({"budget": 0}, "budget"),
+        ({"budget": -3}, "budget"),
+        ({"budget": 0.0}, "budget"),
+        ({"budget": 1.5}, "budget"),
+        ({"budget": "1024"}, "budget"),
+        ({"budget": True}, "budget"),
+        ({"budget": 64, "recent_ratio": -0.1}, "recent_ratio"),
+        ({"budget": 64, "recent_ratio": 1.1}, "recent_ratio"),
+        ({"budget": 64, "recent_ratio": "half"}, "recent_ratio"),
+        ({"budget": 64, "num_sink_tokens": -1}, "num_sink_tokens"),
+        ({"budget": 64, "num_sink_tokens": 2.0}, "num_sink_tokens"),
+    ],
+)
+def test_bad_settings_name_the_parameter(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        H2OCache(**kwargs)
+
+
+def test_policy_sizes():
+    policy = H2OPolicy(budget=0.25, recent_ratio=0.5, num_sink_tokens=4)
+    assert policy.budget_for(1000) == 250 and policy.budget_for(8) == 5  # never below sinks + 1
+    assert H2OPolicy(budget=10, recent_ratio=1.0, num_sink_tokens=4).recent_tokens(10) == 6
+    assert H2OPolicy(budget=10, recent_ratio=0.25).recent_tokens(10) == 2
+
+
+def test_fractional_budget_is_fixed_by_the_first_forward():
+    cache = H2OCache(0.5, num_sink_tokens=1)
+    k = torch.randn(1, 1, 10, 4)
+    cache.update(k, k, 0)
+    h2o_attention(torch.randn(1, 1, 10, 4), cache.layers[0], None, scale=1.0)
+    assert cache.layers[0].budget == 5 and cache.layers[0].num_kept == 5
+    with pytest.raises(ValueError, match="pass an int budget"):
+        cache.update(k, k, 0)
+
+
+def test_crop_is_refused_clearly():
+    cache = H2OCache(8)
+    cache.update(torch.randn(1, 1, 4, 4), torch.randn(1, 1, 4, 4), 0)
+    assert not cache.is_croppable
+    with pytest.raises(ValueError, match="cannot be cropped"):
+        cache.crop(-1)
