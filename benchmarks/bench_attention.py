@@ -50,11 +50,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -67,10 +65,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import transformers
 from transformers import PretrainedConfig
 
-import hf_sinklora  # registers sf_attention / s2_attention with transformers, as in a real run
+import hf_sinklora  # noqa: F401  (registers sf_attention / s2_attention with transformers, as in a real run)
+from bench_common import DEFAULT_OUTPUT_DIR, environment, is_cuda, length_axis, package_digest, synchronize
 from hf_sinklora.attention import SFAttentionConfig, s2_attention_forward, sf_attention_forward
 
 logger = logging.getLogger("bench_attention")
@@ -84,7 +82,6 @@ GOAL_LENGTH = 8192
 GOAL_SPEEDUP = 3.0
 TINY_LENGTH = 256
 DTYPES = ("float32", "bfloat16", "float16")
-DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
 
 TIMING_METHOD = (
     "Wall time (time.perf_counter) of forward + backward of one attention call, in a fresh child "
@@ -143,25 +140,6 @@ class Measurement:
 
 Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def package_digest() -> str:
-    """Short sha256 of every ``.py`` file of the imported ``hf_sinklora`` package."""
-    root = Path(hf_sinklora.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:12]
-
-
-def _is_cuda(device: str) -> bool:
-    return device.startswith("cuda")
-
-
-def _synchronize(device: str) -> None:
-    if _is_cuda(device):
-        torch.cuda.synchronize()
 
 
 def _stand_in_module(num_key_value_groups: int) -> torch.nn.Module:
@@ -224,10 +202,10 @@ def _timed_step(
 ) -> tuple[float, float]:
     """``(wall, process CPU)`` seconds of one forward+backward; gradients start from None."""
     q.grad = k.grad = v.grad = None
-    _synchronize(device)
+    synchronize(device)
     start, start_cpu = time.perf_counter(), time.process_time()
     fn(q, k, v).backward(grad)
-    _synchronize(device)
+    synchronize(device)
     return time.perf_counter() - start, time.process_time() - start_cpu
 
 
@@ -239,7 +217,7 @@ def _cpu_peak_rss_bytes() -> int:
 
 def _methods_for(device: str) -> list[str]:
     methods = [BASELINE, *SPARSE_METHODS]
-    return [*methods, FLEX_METHOD] if _is_cuda(device) else methods
+    return [*methods, FLEX_METHOD] if is_cuda(device) else methods
 
 
 def _inputs_only(n: int, settings: Settings) -> Measurement:
@@ -257,10 +235,10 @@ def _measure(method: str, n: int, settings: Settings) -> Measurement:
     """Warm-up plus ``settings.repeats`` timed forward+backward calls, and the peak memory."""
     fn, layout = _attention_call(method, n, settings)
     q, k, v, grad = _make_inputs(n, settings, layout)
-    cuda = _is_cuda(settings.device)
+    cuda = is_cuda(settings.device)
     allocated_inputs = 0
     if cuda:
-        _synchronize(settings.device)
+        synchronize(settings.device)
         torch.cuda.reset_peak_memory_stats()
         allocated_inputs = torch.cuda.memory_allocated()
     _timed_step(fn, q, k, v, grad, settings.device)  # warm-up (and compilation for flex)
@@ -324,7 +302,7 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def measure_length(n: int, methods: Sequence[str], settings: Settings, timeout_s: float) -> dict[str, Any]:
     """All methods at one ``n``: times, extra peak memory, and ratios against ``sdpa``."""
-    cpu = not _is_cuda(settings.device)
+    cpu = not is_cuda(settings.device)
     base_rss = None
     if cpu:
         base = run_child(INPUTS_ONLY, n, settings, timeout_s)
@@ -393,39 +371,6 @@ def summary_table(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> str
     return "\n".join(lines)
 
 
-def _device_name(device: str) -> str:
-    if _is_cuda(device):
-        return torch.cuda.get_device_name(torch.device(device))
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(settings: Settings) -> dict[str, Any]:
-    """Versions and hardware the numbers were taken on."""
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "hf_sinklora": hf_sinklora.__version__,
-        "hf_sinklora_source_digest_at_start": package_digest(),
-        "cpu_count": os.cpu_count(),
-        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_num_threads": torch.get_num_threads(),
-        "device": settings.device,
-        "device_name": _device_name(settings.device),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-    if _is_cuda(settings.device):
-        env["cuda"] = torch.version.cuda
-    return env
-
-
 def goal_summary(rows: Sequence[dict[str, Any]], device: str) -> dict[str, Any]:
     """Whether ``sf_attention`` reached the 3.0x speedup at n = 8192 in this run."""
     speedup = next((r["speedup"].get("sf_attention") for r in rows if r["n"] == GOAL_LENGTH), None)
@@ -435,16 +380,8 @@ def goal_summary(rows: Sequence[dict[str, Any]], device: str) -> dict[str, Any]:
         "target_speedup": GOAL_SPEEDUP,
         "measured_speedup": speedup,
         "met": None if speedup is None else speedup >= GOAL_SPEEDUP,
-        "applies_to_this_device": not _is_cuda(device),
+        "applies_to_this_device": not is_cuda(device),
     }
-
-
-def _length_axis(axis: Any, lengths: Sequence[int]) -> None:
-    """Log-2 x axis labelled with the measured lengths."""
-    axis.set_xscale("log", base=2)
-    axis.set_xticks(list(lengths), [str(n) for n in lengths])
-    axis.minorticks_off()
-    axis.set_xlabel("sequence length n")
 
 
 def plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], title: str, path: Path) -> None:
@@ -460,7 +397,7 @@ def plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], title: str, pat
         if points:
             left.plot(*zip(*points), marker="o", label=method)
     left.set(yscale="log", ylabel="fwd+bwd median time (s)", title="time (log-log)")
-    _length_axis(left, [r["n"] for r in rows])
+    length_axis(left, [r["n"] for r in rows])
     left.grid(True, which="both", alpha=0.3)
     left.legend()
 
@@ -475,7 +412,7 @@ def plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], title: str, pat
             memory_axis.plot(*zip(*memory), marker="s", linestyle=":", color=color, label=f"{method} memory ratio")
     right.axhline(GOAL_SPEEDUP, color="red", linestyle="--", label=f"{GOAL_SPEEDUP}x goal")
     right.axhline(1.0, color="grey", linewidth=0.8)
-    _length_axis(right, [r["n"] for r in rows])
+    length_axis(right, [r["n"] for r in rows])
     right.set(ylabel="speedup vs full causal SDPA (t_sdpa / t)", title="vs full causal SDPA")
     right.set_ylim(bottom=0)
     memory_axis.set_ylabel("memory ratio (mem / mem_sdpa), dotted")
@@ -498,7 +435,7 @@ def run_benchmark(settings: Settings, lengths: Sequence[int], output_dir: Path, 
             f"{FLEX_METHOD} (torch.compile'd flex_attention with the SF block mask) is measured on CUDA only; "
             f"skipped on {settings.device} (flex_attention has no CPU backward in torch {torch.__version__})."
         )
-    env = environment(settings)
+    env = environment(settings.device)
     logger.info("environment: %s", json.dumps(env))
     logger.info("settings: %s; lengths %s", asdict(settings), list(lengths))
     started = time.perf_counter()
@@ -516,7 +453,7 @@ def run_benchmark(settings: Settings, lengths: Sequence[int], output_dir: Path, 
         "settings": {**asdict(settings), "warmup": 1, "lengths": list(lengths), "sf_attention": SFAttentionConfig().to_dict()},
         "methods": methods,
         "timing_method": TIMING_METHOD,
-        "memory_method": CUDA_MEMORY_METHOD if _is_cuda(settings.device) else CPU_MEMORY_METHOD,
+        "memory_method": CUDA_MEMORY_METHOD if is_cuda(settings.device) else CPU_MEMORY_METHOD,
         "ratios": "speedup = median_s(sdpa) / median_s(method); memory_ratio = peak_extra(method) / peak_extra(sdpa)",
         "notes": notes,
         "goal": goal_summary(rows, settings.device),
@@ -577,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.worker:
         run_worker(args.worker, args.lengths[0], settings)
         return
-    if _is_cuda(settings.device) and not torch.cuda.is_available():
+    if is_cuda(settings.device) and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but torch.cuda.is_available() is False")
     run_benchmark(settings, args.lengths, args.output_dir, args.timeout)
 

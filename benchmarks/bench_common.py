@@ -1,0 +1,77 @@
+"""Pieces every benchmark script shares: device helpers, the environment record, plot axes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+
+import hf_sinklora
+
+DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
+
+
+def package_digest() -> str:
+    """Short sha256 of every ``.py`` file of the imported ``hf_sinklora`` package."""
+    root = Path(hf_sinklora.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def is_cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+def synchronize(device: str) -> None:
+    if is_cuda(device):
+        torch.cuda.synchronize()
+
+
+def device_name(device: str) -> str:
+    if is_cuda(device):
+        return torch.cuda.get_device_name(torch.device(device))
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and hardware the numbers were taken on."""
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "hf_sinklora": hf_sinklora.__version__,
+        "hf_sinklora_source_digest_at_start": package_digest(),
+        "cpu_count": os.cpu_count(),
+        "affinity_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_num_threads": torch.get_num_threads(),
+        "device": device,
+        "device_name": device_name(device),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    if is_cuda(device):
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def length_axis(axis: Any, lengths: Sequence[int], label: str = "sequence length n") -> None:
+    """Log-2 x axis labelled with the measured lengths."""
+    axis.set_xscale("log", base=2)
+    axis.set_xticks(list(lengths), [str(n) for n in lengths])
+    axis.minorticks_off()
+    axis.set_xlabel(label)
