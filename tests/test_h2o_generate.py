@@ -47,7 +47,7 @@ def test_budget_covering_everything_reproduces_dynamic_cache(family, pads):
 def test_sampling_and_beam_search_with_full_budget_match_dynamic_cache(family):
     model = h2o_model(family)
     input_ids, attention_mask = prompt((0, 5))
-    for options in (dict(do_sample=True, top_k=20), dict(num_beams=3, do_sample=False)):
+    for options in (dict(do_sample=True, top_k=20, num_return_sequences=2), dict(num_beams=3, do_sample=False)):
         results = []
         for cache in (DynamicCache(config=model.config), H2OCache(1000)):
             torch.manual_seed(0)

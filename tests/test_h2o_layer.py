@@ -118,7 +118,7 @@ def test_decoding_copies_nothing_and_prefill_shrinks():
         cache.update(k, k, 0)
         h2o_attention(torch.randn(2, 4, 1, 8, dtype=torch.float64), layer, None, scale=1.0)
         assert layer.keys.data_ptr() == storage and layer.keys.shape[2] == 13
-    assert layer.kv_bytes == 2 * 2 * 2 * 13 * 8 * 8
+    assert cache.kv_bytes == 2 * 2 * 2 * 13 * 8 * 8  # keys + values, (B, Hkv, 13, D), fp64
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from transformers.cache_utils import Cache
 
 from .h2o_layer import NOT_SCORED_HINT, H2OLayer
 from .policy import H2OPolicy
+from .timing import cache_kv_bytes
 
 
 class H2OCache(Cache):
@@ -65,8 +66,8 @@ class H2OCache(Cache):
 
     @property
     def kv_bytes(self) -> int:
-        """Bytes held by every layer's key and value tensors."""
-        return sum(layer.kv_bytes for layer in self.layers)
+        """Bytes held by every layer's key and value tensors (a spare decode slot included)."""
+        return cache_kv_bytes(self)
 
     def __repr__(self) -> str:
         policy = self.policy

@@ -143,11 +143,6 @@ class H2OLayer(CacheLayerMixin):
         ordered = torch.where(self.slot_positions == _FREE, torch.iinfo(torch.long).max, self.slot_positions)
         return ordered.sort(dim=-1).values[..., : self.num_kept]
 
-    @property
-    def kv_bytes(self) -> int:
-        """Bytes held by the key and value tensors (the spare decode slot included)."""
-        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
-
     def query_positions(self, num_queries: int) -> torch.Tensor:
         """``(q,)`` positions of the queries of the step in flight (the last ``q`` tokens seen)."""
         return torch.arange(self.seen - num_queries, self.seen, device=self.device)
