@@ -142,3 +142,17 @@ def test_nothing_to_score_is_an_error(model, tokenizer):
         evaluate_perplexity(model, tokenizer, [], [8], progress=False)
     with pytest.raises(ValueError, match="stride"):
         evaluate_perplexity(model, tokenizer, ["some text here"], [8, 4], stride=6, progress=False)
+
+
+def test_warns_when_the_context_exceeds_unscaled_positions(caplog):
+    model = tiny_llama(VOCAB, max_positions=16)
+    with caplog.at_level("WARNING", logger="hf_sinklora.evaluation.perplexity"):
+        perplexity(model, torch.arange(40) % VOCAB, 16, progress=False)
+        assert not caplog.records
+        perplexity(model, torch.arange(40) % VOCAB, 32, progress=False)
+        assert "exceeds max_position_embeddings=16" in caplog.text
+    caplog.clear()
+    model.config.rope_parameters = {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}
+    with caplog.at_level("WARNING", logger="hf_sinklora.evaluation.perplexity"):
+        perplexity(model, torch.arange(40) % VOCAB, 32, progress=False)
+    assert not caplog.records

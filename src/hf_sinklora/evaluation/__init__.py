@@ -5,10 +5,12 @@ the function that needs them runs.
 """
 
 from .heatmap import accuracy_grid, plot_passkey_heatmap
+from .loading import load_for_eval, resolve_device, tokenizer_source
 from .passkey import DEFAULT_DEPTHS, greedy_answer, passkey_accuracy
 from .passkey_prompt import PasskeyPrompt, extract_key, make_passkey_prompt
 from .perplexity import PerplexityResult, as_documents, evaluate_perplexity, perplexity, tokenize_documents
 from .report import format_passkey_table, format_perplexity_table, write_json
+from .texts import load_texts
 from .windows import Window, plan_windows
 
 __all__ = [
@@ -23,11 +25,14 @@ __all__ = [
     "format_passkey_table",
     "format_perplexity_table",
     "greedy_answer",
+    "load_for_eval",
+    "load_texts",
     "make_passkey_prompt",
     "passkey_accuracy",
     "perplexity",
     "plan_windows",
     "plot_passkey_heatmap",
+    "resolve_device",
     "tokenize_documents",
     "write_json",
 ]

@@ -114,7 +114,9 @@ def _warn_about_attention(model: torch.nn.Module, context_length: int) -> None:
     if getattr(config, "_attn_implementation", None) in ("sf_attention", "s2_attention") and sf.get("eval_mode") == "sf":
         logger.warning("config.sf_attention eval_mode='sf': perplexity is measured with SF-Attn, not full attention")
     max_positions = getattr(config, "max_position_embeddings", None)
-    if max_positions and context_length > max_positions and not getattr(config, "rope_scaling", None):
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    if max_positions and context_length > max_positions and rope_type == "default":
         logger.warning(
             "context length %d exceeds max_position_embeddings=%d and the config sets no RoPE scaling",
             context_length, max_positions,
