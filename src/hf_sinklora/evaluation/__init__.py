@@ -34,5 +34,6 @@ __all__ = [
     "plot_passkey_heatmap",
     "resolve_device",
     "tokenize_documents",
+    "tokenizer_source",
     "write_json",
 ]

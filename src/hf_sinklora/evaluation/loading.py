@@ -25,6 +25,14 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's first parameter lives (CPU for a module without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
 def _has_tokenizer(path: str) -> bool:
     return Path(path).is_dir() and any((Path(path) / name).is_file() for name in _TOKENIZER_FILES)
 

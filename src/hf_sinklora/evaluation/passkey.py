@@ -10,18 +10,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .loading import model_device
 from .passkey_prompt import check_depth, extract_key, make_passkey_prompt
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 @torch.inference_mode()
@@ -43,7 +37,7 @@ def greedy_answer(
     Returns:
         The generated token ids (prompt excluded), at most ``max_new_tokens`` of them.
     """
-    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=_model_device(model))  # (1, n)
+    ids = torch.tensor([list(input_ids)], dtype=torch.long, device=model_device(model))  # (1, n)
     kwargs: dict[str, Any] = {}
     if cache_factory is not None:
         kwargs["cache"] = cache_factory()

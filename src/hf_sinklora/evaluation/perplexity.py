@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .loading import model_device
 from .windows import Window, check_length_and_stride, plan_windows
 
 logger = logging.getLogger(__name__)
@@ -89,13 +90,6 @@ def as_documents(token_ids: TokenIds | Sequence[TokenIds]) -> list[torch.Tensor]
     if all(isinstance(item, int) for item in items):
         return [torch.tensor(items, dtype=torch.long)]
     return [torch.as_tensor(item, dtype=torch.long).flatten() for item in items]
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -183,7 +177,7 @@ def perplexity(
     documents = as_documents(token_ids)
     if not any(len(d) >= 2 for d in documents):
         raise ValueError("token_ids must hold at least one document of 2 or more tokens (nothing to score)")
-    device = _model_device(model)
+    device = model_device(model)
     _warn_about_attention(model, context_length)
 
     by_length: dict[int, list[tuple[int, Window]]] = defaultdict(list)
