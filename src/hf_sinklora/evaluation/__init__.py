@@ -1,0 +1,39 @@
+"""Long-context evaluation: strided perplexity and passkey retrieval (Python API and CLI).
+
+Nothing heavy is imported here: ``datasets``, ``peft`` and ``matplotlib`` load only when
+the function that needs them runs.
+"""
+
+from .heatmap import accuracy_grid, plot_passkey_heatmap
+from .loading import load_for_eval, resolve_device, tokenizer_source
+from .passkey import DEFAULT_DEPTHS, greedy_answer, passkey_accuracy
+from .passkey_prompt import PasskeyPrompt, extract_key, make_passkey_prompt
+from .perplexity import PerplexityResult, as_documents, evaluate_perplexity, perplexity, tokenize_documents
+from .report import format_passkey_table, format_perplexity_table, write_json
+from .texts import load_texts
+from .windows import Window, plan_windows
+
+__all__ = [
+    "DEFAULT_DEPTHS",
+    "PasskeyPrompt",
+    "PerplexityResult",
+    "Window",
+    "accuracy_grid",
+    "as_documents",
+    "evaluate_perplexity",
+    "extract_key",
+    "format_passkey_table",
+    "format_perplexity_table",
+    "greedy_answer",
+    "load_for_eval",
+    "load_texts",
+    "make_passkey_prompt",
+    "passkey_accuracy",
+    "perplexity",
+    "plan_windows",
+    "plot_passkey_heatmap",
+    "resolve_device",
+    "tokenize_documents",
+    "tokenizer_source",
+    "write_json",
+]

@@ -1,0 +1,134 @@
+"""The ``eval-ppl`` and ``passkey`` sub-commands of ``hf-sinklora``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from .loading import DTYPES
+
+logger = logging.getLogger(__name__)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one number")
+    return values
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model path or hub id")
+    parser.add_argument("--adapter", default=None, help="peft adapter (path or hub id) loaded on top of --model")
+    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (default: auto)")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
+    parser.add_argument("--attn-implementation", default="sf_attention",
+                        help="attention implementation (default: sf_attention, full causal in eval mode)")
+    parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def _run_eval_ppl(args: argparse.Namespace) -> int:
+    from .loading import load_for_eval
+    from .perplexity import evaluate_perplexity
+    from .report import format_perplexity_table, write_json
+    from .texts import load_texts
+
+    texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
+    if args.join_documents:
+        texts = ["\n\n".join(texts)]
+    model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,
+                                     attn_implementation=args.attn_implementation)
+    result = evaluate_perplexity(
+        model, tokenizer, texts, args.lengths, args.stride, args.batch_size,
+        max_tokens=args.max_tokens, add_special_tokens=not args.no_special_tokens, progress=not args.no_progress,
+    )
+    output: dict[str, Any] = {"model": args.model, "adapter": args.adapter, **result}
+    output["settings"].update({
+        "data": args.data, "split": args.split, "text_column": args.text_column, "dataset_config": args.dataset_config,
+        "join_documents": args.join_documents, "dtype": args.dtype, "device": str(next(model.parameters()).device),
+        "attn_implementation": args.attn_implementation,
+    })
+    write_json(output, args.output)
+    print(format_perplexity_table(result))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _run_passkey(args: argparse.Namespace) -> int:
+    from .heatmap import plot_passkey_heatmap
+    from .loading import load_for_eval
+    from .passkey import passkey_accuracy
+    from .report import format_passkey_table, write_json
+
+    model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,
+                                     attn_implementation=args.attn_implementation)
+    result = passkey_accuracy(
+        model, tokenizer, args.lengths, args.depths, args.trials, args.seed,
+        key_digits=args.key_digits, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+    )
+    plot_path = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
+    output = {
+        "model": args.model,
+        "adapter": args.adapter,
+        "plot": str(plot_path),
+        **result,
+        "settings": {"dtype": args.dtype, "device": str(next(model.parameters()).device),
+                     "attn_implementation": args.attn_implementation},
+    }
+    write_json(output, args.output)
+    plot_passkey_heatmap(result, plot_path, title=f"passkey accuracy: {Path(args.adapter or args.model).name}")
+    print(format_passkey_table(result))
+    print(f"wrote {args.output} and {plot_path}")
+    return 0
+
+
+def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``eval-ppl`` and ``passkey`` to the ``hf-sinklora`` sub-command parsers."""
+    ppl = subparsers.add_parser(
+        "eval-ppl", help="perplexity at several context lengths (sliding windows, each token scored once)"
+    )
+    _add_model_arguments(ppl)
+    ppl.add_argument("--data", required=True, nargs="+",
+                     help="text files, directories of .txt files, a saved dataset directory, or a datasets id")
+    ppl.add_argument("--lengths", required=True, type=_int_list, help="context lengths, e.g. 1024,2048,4096")
+    ppl.add_argument("--stride", type=int, default=None,
+                     help="window step (<= every length; default: the length, i.e. disjoint windows)")
+    ppl.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
+    ppl.add_argument("--max-tokens", type=int, default=None, help="evaluate only the corpus' first N tokens")
+    ppl.add_argument("--text-column", default="text", help="dataset column holding the text (default: text)")
+    ppl.add_argument("--split", default="test", help="dataset split (default: test)")
+    ppl.add_argument("--dataset-config", default=None, help="dataset configuration name (load_dataset's name=)")
+    ppl.add_argument("--join-documents", action="store_true",
+                     help="join all documents with blank lines into one stream (for line-per-row datasets)")
+    ppl.add_argument("--no-special-tokens", action="store_true", help="do not add BOS/EOS when tokenizing")
+    ppl.add_argument("--output", required=True, help="JSON file to write")
+    ppl.set_defaults(handler=_run_eval_ppl)
+
+    passkey = subparsers.add_parser("passkey", help="passkey retrieval accuracy by prompt length and key depth")
+    _add_model_arguments(passkey)
+    passkey.add_argument("--lengths", required=True, type=_int_list, help="prompt lengths in tokens, e.g. 1024,4096")
+    passkey.add_argument("--depths", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
+                         help="key depths in [0, 1] (default: 0,0.25,0.5,0.75,1)")
+    passkey.add_argument("--trials", type=int, default=5, help="prompts per (length, depth) (default: 5)")
+    passkey.add_argument("--seed", type=int, default=0, help="seed of the random keys (default: 0)")
+    passkey.add_argument("--key-digits", type=int, default=5, help="digits of each key (default: 5)")
+    passkey.add_argument("--max-new-tokens", type=int, default=None,
+                         help="tokens to generate (default: the key's token count + 2)")
+    passkey.add_argument("--output", required=True, help="JSON file to write")
+    passkey.add_argument("--plot", default=None, help="heat-map PNG (default: --output with .png)")
+    passkey.set_defaults(handler=_run_passkey)

@@ -1,0 +1,81 @@
+"""Loading a model (and optional peft adapter) plus its tokenizer for evaluation.
+
+One function on purpose: when ``hf_sinklora.load_model`` lands (adapter directories, RoPE
+scaling), :func:`load_for_eval` becomes a thin wrapper around it.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``"auto"``: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where the model's first parameter lives (CPU for a module without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _has_tokenizer(path: str) -> bool:
+    return Path(path).is_dir() and any((Path(path) / name).is_file() for name in _TOKENIZER_FILES)
+
+
+def tokenizer_source(model: str, adapter: str | None = None) -> str:
+    """Where the tokenizer is read from: the adapter directory when it holds one, else the model."""
+    if adapter is not None and _has_tokenizer(adapter):
+        return adapter
+    return model
+
+
+def load_for_eval(
+    model: str,
+    adapter: str | None = None,
+    *,
+    dtype: str = "auto",
+    device: str = "auto",
+    attn_implementation: str = "sf_attention",
+) -> tuple[torch.nn.Module, Any]:
+    """Loads ``(model, tokenizer)`` ready for evaluation (eval mode, on ``device``).
+
+    Args:
+        model: a local path or hub id for ``AutoModelForCausalLM.from_pretrained``.
+        adapter: a peft adapter (path or hub id) loaded on top with ``PeftModel.from_pretrained``.
+        dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+        attn_implementation: ``"sf_attention"`` (full causal in eval mode) or any transformers name.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    import hf_sinklora  # noqa: F401  (registers sf_attention / s2_attention)
+
+    target = resolve_device(device)
+    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    if adapter is not None:
+        from peft import PeftModel
+
+        loaded = PeftModel.from_pretrained(loaded, adapter)
+        logger.info("loaded adapter %s on %s", adapter, model)
+    loaded = loaded.to(target).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model, adapter))
+    logger.info("model %s on %s (%s), tokenizer from %s", model, target, next(loaded.parameters()).dtype,
+                tokenizer_source(model, adapter))
+    return loaded, tokenizer
