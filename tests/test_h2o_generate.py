@@ -154,7 +154,7 @@ def test_small_budget_changes_generation():
 def test_other_attention_implementations_are_refused_with_a_hint():
     model = build("llama", "sdpa", dtype=torch.float32).eval()
     input_ids, _ = prompt()
-    with pytest.raises(RuntimeError, match="set_attn_implementation\\('sf_attention'\\)"):
+    with pytest.raises(ValueError, match="set_attn_implementation\\('sf_attention'\\)"):
         model.generate(input_ids, cache=H2OCache(16), **GREEDY)
     model.set_attn_implementation("sf_attention")
     model.generate(input_ids, cache=H2OCache(16), **GREEDY)

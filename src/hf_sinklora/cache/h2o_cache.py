@@ -61,7 +61,7 @@ class H2OCache(Cache):
         i.e. the model runs another attention implementation.
         """
         if 0 < layer_idx <= len(self.layers) and self.layers[layer_idx - 1].awaiting_scores:
-            raise RuntimeError(NOT_SCORED_HINT)
+            raise ValueError(NOT_SCORED_HINT)
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     @property

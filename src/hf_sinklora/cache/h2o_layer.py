@@ -73,7 +73,7 @@ class H2OLayer(CacheLayerMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stores the step's ``(B, Hkv, q, D)`` keys/values; returns every slot ``(B, Hkv, slots, D)``."""
         if self.awaiting_scores:
-            raise RuntimeError(NOT_SCORED_HINT)
+            raise ValueError(NOT_SCORED_HINT)
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         num_new = key_states.shape[-2]

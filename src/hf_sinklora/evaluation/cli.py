@@ -97,6 +97,29 @@ def _run_passkey(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_eval_h2o(args: argparse.Namespace) -> int:
+    from .cache_quality import cache_budget_sweep, plot_cache_sweep
+    from .loading import load_for_eval
+    from .perplexity import tokenize_documents
+    from .report import format_cache_sweep_table, write_json
+    from .texts import load_texts
+
+    texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
+    model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,
+                                     attn_implementation=args.attn_implementation)  # H2OCache explains a wrong one
+    documents = tokenize_documents(tokenizer, texts, max_tokens=args.max_tokens)
+    result = cache_budget_sweep(
+        model, documents, args.length, args.budgets, args.policies, chunk_size=args.chunk_size,
+        max_segments=args.max_segments, progress=not args.no_progress,
+    )
+    plot_path = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
+    write_json({"model": args.model, "adapter": args.adapter, "plot": str(plot_path), **result}, args.output)
+    plot_cache_sweep(result, plot_path, title=f"KV eviction: {Path(args.adapter or args.model).name}")
+    print(format_cache_sweep_table(result))
+    print(f"wrote {args.output} and {plot_path}")
+    return 0
+
+
 def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``eval-ppl`` and ``passkey`` to the ``hf-sinklora`` sub-command parsers."""
     ppl = subparsers.add_parser(
@@ -132,3 +155,24 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     passkey.add_argument("--output", required=True, help="JSON file to write")
     passkey.add_argument("--plot", default=None, help="heat-map PNG (default: --output with .png)")
     passkey.set_defaults(handler=_run_passkey)
+
+    h2o = subparsers.add_parser(
+        "eval-h2o", help="perplexity of text streamed through H2OCache (and StreamingLLM / recent) at several budgets"
+    )
+    _add_model_arguments(h2o)
+    h2o.add_argument("--data", required=True, nargs="+",
+                     help="text files, directories of .txt files, a saved dataset directory, or a datasets id")
+    h2o.add_argument("--length", type=int, default=1024, help="tokens per streamed segment (default: 1024)")
+    h2o.add_argument("--budgets", type=_float_list, default=[0.1, 0.25, 0.5, 1.0],
+                     help="budgets as fractions of --length (default: 0.1,0.25,0.5,1)")
+    h2o.add_argument("--policies", type=lambda t: [p for p in t.split(",") if p], default=["h2o", "streaming", "recent"],
+                     help="comma-separated: h2o, streaming, recent (default: all)")
+    h2o.add_argument("--chunk-size", type=int, default=1, help="tokens per forward (default: 1, token by token)")
+    h2o.add_argument("--max-segments", type=int, default=None, help="evaluate at most N segments")
+    h2o.add_argument("--max-tokens", type=int, default=None, help="use only the corpus' first N tokens")
+    h2o.add_argument("--text-column", default="text", help="dataset column holding the text (default: text)")
+    h2o.add_argument("--split", default="test", help="dataset split (default: test)")
+    h2o.add_argument("--dataset-config", default=None, help="dataset configuration name (load_dataset's name=)")
+    h2o.add_argument("--output", required=True, help="JSON file to write")
+    h2o.add_argument("--plot", default=None, help="PNG (default: --output with .png)")
+    h2o.set_defaults(handler=_run_eval_h2o)

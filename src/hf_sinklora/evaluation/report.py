@@ -50,3 +50,11 @@ def format_passkey_table(result: dict[str, Any]) -> str:
     rows.append(["all"] + [f"{result['per_length'][str(L)]:.2f}" for L in lengths])
     table = _table(["depth \\ length"] + [str(L) for L in lengths], rows)
     return f"{table}\noverall accuracy {result['accuracy']:.3f} ({result['trials']} trials per cell)"
+
+
+def format_cache_sweep_table(result: dict[str, Any]) -> str:
+    """Perplexity per policy (rows) and budget (columns), and the full cache's."""
+    budgets = [f"{b:g}" for b in result["budgets"]]
+    rows = [[policy] + [f"{by_budget[b]['perplexity']:.3f}" for b in budgets] for policy, by_budget in result["results"].items()]
+    table = _table(["policy \\ budget"] + budgets, rows)
+    return f"{table}\nfull cache: {result['full']['perplexity']:.3f} ({result['segments']} segments of {result['length']} tokens)"
