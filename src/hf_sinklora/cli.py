@@ -8,6 +8,7 @@ import logging
 import sys
 
 from .demo import DemoSettings, format_summary, run_demo
+from .training.cli import add_train_parser
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
+    add_train_parser(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
