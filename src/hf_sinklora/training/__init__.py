@@ -20,6 +20,7 @@ _LAZY = {
     "save_sinklora_files": "trainer",
     "TrainSettings": "recipe",
     "run_training": "recipe",
+    "build_trainer": "recipe",
 }
 
 __all__ = sorted(_LAZY)

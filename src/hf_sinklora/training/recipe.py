@@ -157,6 +157,7 @@ def build_trainer(settings: TrainSettings, callbacks: list[Any] | None = None) -
         bf16=bf16,
         seed=settings.seed,
         report_to=settings.report_to,
+        dataloader_pin_memory=torch.cuda.is_available(),
     )
     peft_config = sinklora_lora_config(model, r=settings.lora_r, alpha=settings.lora_alpha,
                                        dropout=settings.lora_dropout)
