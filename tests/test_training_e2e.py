@@ -105,6 +105,11 @@ def test_model_card(cli_run):
                    "train.jsonl (local file)", "| global_step | 40 |", "transformers 5.", "peft 0.", "trl 1."):
         assert needle in text, needle
     assert "perplexity" in text
+    # LoRA r=8 on q,o (64 -> 64) and k,v (64 -> 32) of 2 layers, the 400 x 64 embedding, 5 norms of 64
+    hidden, kv, vocab = 64, 32, len(cli_run["tokenizer"])
+    trainable = 2 * 8 * (2 * (hidden + hidden) + 2 * (hidden + kv)) + vocab * hidden + 5 * hidden
+    base_total = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(cli_run["base"]).parameters())
+    assert f"| trainable parameters | {trainable:,} (base model: {base_total:,}) |" in text
     # the pushed card names the repo (re-rendered at push time)
     assert f'hf_sinklora.load_model("{REPO}")' in text
     # checkpoints carry our card, not peft's or TRL's generic one

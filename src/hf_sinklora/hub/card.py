@@ -42,6 +42,14 @@ def framework_versions() -> dict[str, str]:
     return versions
 
 
+def _numel(parameter: Any) -> int:
+    return getattr(parameter, "ds_numel", None) or parameter.numel()  # DeepSpeed ZeRO-3 partitions
+
+
+# parameters of the adapter, not of the base model: LoRA factors and peft's trained copies
+_ADAPTER_PARTS = (".lora_", ".modules_to_save.")
+
+
 def _eval_result_dict(result: EvalResult | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(result, EvalResult):
         result = {k: v for k, v in vars(result).items() if v is not None}
@@ -95,8 +103,9 @@ def recipe_record(
         "base_model": base_model or None,
         "model_type": config.model_type,
         "adapter": adapter,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "total_parameters": sum(p.numel() for p in model.parameters()),
+        "trainable_parameters": sum(_numel(p) for p in model.parameters() if p.requires_grad),
+        "total_parameters": sum(_numel(p) for name, p in model.named_parameters()
+                                if not any(part in name for part in _ADAPTER_PARTS)),
         "rope": {
             "rope_parameters": getattr(config, "rope_parameters", None),
             "factor": factor,
@@ -212,7 +221,8 @@ def render_model_card(record: Mapping[str, Any], load_path: str | None = None, m
             ("LoRA target modules", _code_list(adapter["target_modules"]) if not isinstance(
                 adapter["target_modules"], str) else f"`{adapter['target_modules']}`"),
             ("trained in full (`modules_to_save`)", _code_list(adapter["modules_to_save"])),
-            ("trainable parameters", f"{record.get('trainable_parameters'):,} of {record.get('total_parameters'):,}"),
+            ("trainable parameters", f"{record.get('trainable_parameters'):,} "
+                                     f"(base model: {record.get('total_parameters'):,})"),
         ]))
     training = record.get("training") or {}
     data_names = record.get("datasets") or []
