@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.trainer_utils import get_last_checkpoint
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=hf_sinklora.load_sft_dataset(args.dataset),
         processing_class=tokenizer,
         peft_config=hf_sinklora.sinklora_lora_config(model, r=args.lora_r, alpha=args.lora_alpha),
-        dataset_names=[args.dataset],
+        # hub ids go into the card's metadata; local files by name only
+        dataset_names=[Path(args.dataset).name if Path(args.dataset).exists() else args.dataset],
     )
     checkpoint = get_last_checkpoint(args.output_dir) if args.resume else None
     trainer.train(resume_from_checkpoint=checkpoint)
