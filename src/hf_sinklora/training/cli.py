@@ -95,5 +95,6 @@ def run_train_command(args: argparse.Namespace) -> int:
     from .recipe import run_training
 
     summary = run_training(settings_from_args(args))
-    print(format_summary(summary))
+    if summary.pop("main_process"):  # under accelerate launch, one summary
+        print(format_summary(summary))
     return 0

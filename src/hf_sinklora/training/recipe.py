@@ -215,5 +215,6 @@ def run_training(settings: TrainSettings, callbacks: list[Any] | None = None) ->
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
         "seconds": round(time.perf_counter() - started, 2),
         "pushed_to": settings.push_to_hub if pushed is not None else None,
+        "main_process": trainer.is_world_process_zero(),
     }
     return summary
