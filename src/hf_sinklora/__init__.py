@@ -1,8 +1,13 @@
 """hf-sinklora: SinkLoRA (arXiv 2406.05678) for the Hugging Face stack.
 
 Importing the package registers ``attn_implementation="sf_attention"`` and
-``"s2_attention"`` with transformers; that is its only side effect.
+``"s2_attention"`` with transformers; that is its only side effect. The recipe's names
+(``extend_context``, ``sinklora_lora_config``, ``SinkLoRATrainer``, ``load_model`` ...) are
+imported on first use, so peft and trl load only when needed.
 """
+
+import importlib
+from typing import Any
 
 from .attention import SFAttentionConfig, configure_sf_attention
 from .attention import register as _register_attention
@@ -13,7 +18,21 @@ __version__ = "0.1.0.dev0"
 
 _register_attention()
 
-__all__ = [
+_LAZY = {
+    "extend_context": ".training.rope",
+    "rope_factor": ".training.rope",
+    "sinklora_lora_config": ".training.lora",
+    "find_trainable_modules": ".training.lora",
+    "load_sft_dataset": ".training.data",
+    "SinkLoRATrainer": ".training.trainer",
+    "save_sinklora_files": ".training.trainer",
+    "load_model": ".hub.loading",
+    "merge_adapter": ".hub.loading",
+    "push_adapter": ".hub.push",
+    "write_model_card": ".hub.card",
+}
+
+__all__ = sorted([
     "H2OCache",
     "SFAttentionConfig",
     "__version__",
@@ -22,4 +41,15 @@ __all__ = [
     "make_passkey_prompt",
     "passkey_accuracy",
     "perplexity",
-]
+    *_LAZY,
+])
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

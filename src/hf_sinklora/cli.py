@@ -9,6 +9,7 @@ import sys
 
 from .demo import DemoSettings, format_summary, run_demo
 from .evaluation.cli import add_eval_parsers
+from .training.cli import add_train_parser
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
     add_eval_parsers(subparsers)
+    add_train_parser(subparsers)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

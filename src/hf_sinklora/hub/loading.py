@@ -1,0 +1,122 @@
+"""Loading SinkLoRA outputs: adapter directories and merged/plain model directories."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CONFIG = "config.json"
+
+
+def _is_local_dir(path: str | Path) -> bool:
+    return Path(path).is_dir()
+
+
+def _read_adapter_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """The adapter config as a dict, or None when ``path`` holds no adapter."""
+    if _is_local_dir(path):
+        file = Path(path) / ADAPTER_CONFIG
+        return json.loads(file.read_text()) if file.is_file() else None
+    from transformers.utils import find_adapter_config_file
+
+    file = find_adapter_config_file(path, **hub_kwargs)
+    return json.loads(Path(file).read_text()) if file else None
+
+
+def _has_model_config(path: str, hub_kwargs: dict[str, Any]) -> bool:
+    if _is_local_dir(path):
+        return (Path(path) / MODEL_CONFIG).is_file()
+    from huggingface_hub import file_exists
+
+    return file_exists(path, MODEL_CONFIG, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
+
+
+def load_model(path: str | Path, merge: bool = False, **from_pretrained_kwargs: Any) -> Any:
+    """Loads a SinkLoRA output for generation (in eval mode).
+
+    An *adapter directory* (``adapter_config.json``) loads its base model from
+    ``base_model_name_or_path`` with the directory's ``config.json`` (RoPE scaling,
+    ``sf_attention`` settings), then the adapter and the trained embedding/norm weights via
+    ``peft.PeftModel.from_pretrained``. Any other directory or hub id loads as a plain model.
+    Either way ``attn_implementation`` defaults to ``"sf_attention"`` (full causal attention in
+    eval mode, ready for ``generate(past_key_values=H2OCache(...))``).
+
+    Args:
+        path: local directory or hub id.
+        merge: merge the adapter into the base weights and return the plain model.
+        **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` of the base
+            (``dtype``, ``device_map``, ``revision``, ``token`` ...).
+
+    Returns:
+        ``peft.PeftModel`` for an adapter (``PreTrainedModel`` with ``merge=True``), else the
+        ``PreTrainedModel``.
+
+    Raises:
+        ValueError: an adapter without ``base_model_name_or_path``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = str(path)
+    kwargs = dict(from_pretrained_kwargs)
+    kwargs.setdefault("attn_implementation", "sf_attention")
+    hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
+    adapter_config = _read_adapter_config(path, hub_kwargs)
+    if adapter_config is None:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        return model.eval()
+
+    from peft import PeftModel
+
+    base = adapter_config.get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{path}/{ADAPTER_CONFIG} has no base_model_name_or_path; cannot find the base model")
+    base_kwargs = {k: v for k, v in kwargs.items() if k != "revision"}  # the revision is the adapter's
+    if "config" not in base_kwargs:
+        if _has_model_config(path, hub_kwargs):
+            base_kwargs["config"] = AutoConfig.from_pretrained(path, **hub_kwargs)
+        else:
+            logger.warning(
+                "%s has no %s: the base model's RoPE and sf_attention settings are used (saved without "
+                "SinkLoRATrainer?)", path, MODEL_CONFIG,
+            )
+    model = AutoModelForCausalLM.from_pretrained(base, **base_kwargs)
+    model = PeftModel.from_pretrained(model, path, **hub_kwargs)
+    if merge:
+        model = model.merge_and_unload()
+    return model.eval()
+
+
+def merge_adapter(path: str | Path, output_dir: str | Path, **from_pretrained_kwargs: Any) -> Any:
+    """Merges an adapter directory into its base and saves a plain model to ``output_dir``.
+
+    The merged model's ``config.json`` keeps the RoPE scaling and ``sf_attention`` settings;
+    the tokenizer is copied when the adapter directory has one, and the card is rendered for
+    the merged model.
+
+    Returns:
+        The merged ``PreTrainedModel`` (eval mode).
+    """
+    from transformers import AutoTokenizer
+
+    from .card import RECIPE_FILE, write_model_card
+
+    model = load_model(path, merge=True, **from_pretrained_kwargs)
+    output_dir = Path(output_dir)
+    model.save_pretrained(output_dir)
+    try:
+        AutoTokenizer.from_pretrained(str(path)).save_pretrained(output_dir)
+    except (OSError, ValueError):
+        logger.info("no tokenizer in %s; none copied", path)
+    record_file = Path(path) / RECIPE_FILE
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        record["adapter"] = None
+        record["merged_from"] = str(path)
+        write_model_card(output_dir, record)
+    return model

@@ -1,0 +1,214 @@
+"""Linear RoPE position interpolation to a target context length (LongLoRA / SinkLoRA).
+
+Position interpolation divides every position by ``factor`` before the rotation, so a model
+pre-trained on ``L`` positions sees ``factor * L`` positions inside the range it knows. In
+transformers v5 that is ``config.rope_parameters = {"rope_type": "linear", "factor": f, ...}``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# Rope types whose frequencies are the plain RoPE ones up to a division by ``factor``.
+_INTERPOLABLE = ("default", "linear")
+_SLIDING = "sliding_attention"
+_SCALING_KEYS = ("type", "rope_type", "factor", "short_factor", "long_factor", "attention_factor",
+                 "original_max_position_embeddings")
+
+
+def _text_config(model_or_config: Any) -> Any:
+    config = getattr(model_or_config, "config", model_or_config)
+    if not hasattr(config, "to_dict"):
+        raise TypeError(
+            "model_or_config must be a transformers model or PreTrainedConfig, "
+            f"got {type(model_or_config).__name__}"
+        )
+    get_text_config = getattr(config, "get_text_config", None)
+    return get_text_config() if callable(get_text_config) else config
+
+
+def _entries(config: Any) -> dict[str | None, dict[str, Any] | None]:
+    """The rope dicts to scale: ``{None: flat}`` or ``{layer_type: dict}`` for per-layer-type configs."""
+    rope = getattr(config, "rope_parameters", None)
+    if not rope:
+        raise ValueError(
+            f"extend_context: model_type {config.model_type!r} has no rotary position embeddings "
+            "(config.rope_parameters is empty); linear RoPE interpolation needs a RoPE model "
+            "(e.g. Llama, Mistral, Qwen2/3, Gemma, Phi3, GPT-NeoX)"
+        )
+    nested = config.nested_rope_parameter_keys(rope) if hasattr(config, "nested_rope_parameter_keys") else []
+    if not nested:
+        return {None: rope}
+    return {key: rope[key] for key in nested}
+
+
+def _linear_factor(entry: dict[str, Any]) -> float | None:
+    """The factor of an entry that is plain RoPE divided by a factor (``None`` for other scalings).
+
+    Uniform ``longrope`` (all short and long factors equal, ``attention_factor`` 1) is linear
+    interpolation written the way families that refuse ``"linear"`` (Phi3) accept it.
+    """
+    rope_type = entry.get("rope_type", entry.get("type", "default"))
+    if rope_type == "default":
+        return 1.0
+    if rope_type == "linear":
+        return float(entry.get("factor", 1.0))
+    if rope_type == "longrope":
+        factors = set(entry.get("short_factor") or []) | set(entry.get("long_factor") or [])
+        if len(factors) == 1 and entry.get("attention_factor") == 1.0:
+            return float(factors.pop())
+    return None
+
+
+def _scale_entry(entry: dict[str, Any], factor: int, where: str) -> dict[str, Any]:
+    current = _linear_factor(entry)
+    if current is None:
+        rope_type = entry.get("rope_type", entry.get("type"))
+        raise ValueError(
+            f"extend_context: rope_type {rope_type!r}{where} cannot be combined with linear position "
+            f"interpolation (allowed: {list(_INTERPOLABLE)}). The model already scales RoPE its own way; "
+            "use a target_length <= max_position_embeddings, or a checkpoint with plain RoPE"
+        )
+    kept = {k: v for k, v in entry.items() if k not in _SCALING_KEYS}
+    return {**kept, "rope_type": "linear", "factor": current * factor}
+
+
+def _as_longrope(entry: dict[str, Any], config: Any, original_length: int) -> dict[str, Any]:
+    """Linear interpolation by ``factor`` in ``longrope`` form: equal short/long factors, no attention scaling."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    half = int(head_dim * entry.get("partial_rotary_factor", 1.0)) // 2
+    factor = entry["factor"]
+    return {
+        **{k: v for k, v in entry.items() if k not in _SCALING_KEYS},
+        "rope_type": "longrope",
+        "factor": factor,
+        "short_factor": [factor] * half,
+        "long_factor": [factor] * half,
+        "attention_factor": 1.0,
+        "original_max_position_embeddings": getattr(config, "original_max_position_embeddings", None) or original_length,
+    }
+
+
+def _accepts(config: Any, rope: Any) -> bool:
+    """Whether the config class's own validation accepts ``rope`` (Phi3 refuses ``"linear"``)."""
+    previous = config.rope_parameters
+    config.rope_parameters = rope
+    try:
+        config.validate_rope()
+        return True
+    except ValueError:
+        return False
+    finally:
+        config.rope_parameters = previous
+
+
+def rope_factor(model_or_config: Any) -> float | dict[str, float]:
+    """The linear RoPE factor in force: ``1.0`` for plain RoPE, a dict per layer type for nested configs.
+
+    Raises:
+        ValueError: the model has no RoPE, or a scaling that is not linear interpolation.
+    """
+    config = _text_config(model_or_config)
+    factors = {}
+    for key, entry in _entries(config).items():
+        if entry is not None:
+            factor = _linear_factor(entry)
+            if factor is None:
+                raise ValueError(f"rope_factor: rope_type {entry.get('rope_type')!r} is not linear interpolation")
+            factors[key] = factor
+    return factors[None] if list(factors) == [None] else factors
+
+
+def extend_context(model_or_config: Any, target_length: int, original_length: int | None = None) -> Any:
+    """Linear RoPE position interpolation so the model handles ``target_length`` tokens.
+
+    ``factor = ceil(target_length / original_length)`` where ``original_length`` defaults to
+    ``config.max_position_embeddings``. The config's rope dict becomes ``rope_type="linear"``
+    with that factor (``rope_theta``, ``partial_rotary_factor`` and other keys kept) and
+    ``max_position_embeddings`` becomes ``target_length``. On a model, the rotary embedding
+    modules are rebuilt so the new frequencies take effect at once; weights are untouched.
+
+    Choices:
+        * ``factor == 1`` (target within the current length) changes no rope dict, whatever
+          its type: the model already covers the target. Calling twice is therefore a no-op.
+        * An existing ``"linear"`` type is composed: its factor is multiplied, since
+          ``max_position_embeddings`` already counts the positions the scaled model covers.
+        * Other types (``dynamic``, ``yarn``, ``llama3``, ``longrope`` ...) are refused when the
+          target exceeds the current length: their frequencies are not plain RoPE divided by a
+          factor, and transformers has no composed type.
+        * Per-layer-type configs (Gemma3-like ``{"full_attention": {...}, "sliding_attention":
+          {...}}``): every type is scaled except ``"sliding_attention"``, whose layers only see
+          distances within their window, which RoPE (relative) already knows.
+
+    Args:
+        model_or_config: a ``PreTrainedModel`` or its ``PreTrainedConfig`` (changed in place).
+        target_length: context length to reach, an int >= 1.
+        original_length: the pre-training length to divide by, when ``max_position_embeddings``
+            overstates it (an int >= 1).
+
+    Returns:
+        The same ``model_or_config``.
+
+    Raises:
+        ValueError: no RoPE, a rope type that cannot be combined, or a bad length.
+    """
+    if isinstance(target_length, bool) or not isinstance(target_length, int) or target_length < 1:
+        raise ValueError(f"target_length must be an int >= 1, got {target_length!r}")
+    config = _text_config(model_or_config)
+    entries = _entries(config)
+    current = getattr(config, "max_position_embeddings", None)
+    if original_length is None:
+        original_length = current
+    if isinstance(original_length, bool) or not isinstance(original_length, int) or original_length < 1:
+        raise ValueError(
+            f"original_length must be an int >= 1 (default: config.max_position_embeddings), got {original_length!r}"
+        )
+    factor = math.ceil(target_length / original_length)
+    if factor > 1:
+        rope = copy.deepcopy(config.rope_parameters)
+        for key, entry in entries.items():
+            if entry is None or key == _SLIDING:
+                continue
+            where = "" if key is None else f" (layer type {key!r})"
+            scaled = _scale_entry(entry, factor, where)
+            if key is None:
+                rope = scaled
+            else:
+                rope[key] = scaled
+        if not _accepts(config, rope):
+            if not isinstance(rope, dict) or rope.get("rope_type") != "linear":
+                raise ValueError(f"extend_context: {type(config).__name__} refuses rope_parameters {rope}")
+            rope = _as_longrope(rope, config, original_length)
+            if not _accepts(config, rope):
+                raise ValueError(f"extend_context: {type(config).__name__} accepts neither linear nor longrope scaling")
+        config.rope_parameters = rope
+        logger.info("extend_context: linear RoPE interpolation x%d, %d -> %d positions", factor, original_length, target_length)
+    else:
+        logger.info("extend_context: target_length %d <= %d positions, RoPE unchanged", target_length, original_length)
+    config.max_position_embeddings = max(target_length, current or 0)
+    if hasattr(model_or_config, "named_modules"):
+        _rebuild_rotary_embeddings(model_or_config, config)
+    return model_or_config
+
+
+def _rebuild_rotary_embeddings(model: torch.nn.Module, config: Any) -> None:
+    """Re-creates each ``*RotaryEmbedding`` module from the updated config (frequencies are set at init)."""
+    for name, module in list(model.named_modules()):
+        if not type(module).__name__.endswith("RotaryEmbedding") or not hasattr(module, "config"):
+            continue
+        if module.config is not config:
+            module.config.rope_parameters = copy.deepcopy(config.rope_parameters)
+            module.config.max_position_embeddings = config.max_position_embeddings
+        buffers = list(module.buffers())
+        fresh = type(module)(module.config)
+        if buffers:
+            fresh.to(buffers[0].device)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, fresh)

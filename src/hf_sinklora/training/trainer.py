@@ -1,0 +1,136 @@
+"""``SinkLoRATrainer``: TRL's ``SFTTrainer`` whose every save is a complete SinkLoRA output.
+
+Training is stock ``SFTTrainer`` (the model only needs ``attn_implementation="sf_attention"``).
+What this subclass adds is on the save side, for the final save and every checkpoint:
+
+* ``config.json`` of the base model, with its RoPE scaling and ``sf_attention`` settings, next
+  to the adapter (peft saves only ``adapter_config.json``, whose base would load unscaled);
+* the recipe record and the model card ``README.md``, written *after* transformers/peft have
+  saved (peft writes its generic card inside ``save_pretrained``), and instead of TRL's card
+  that ``SFTTrainer`` writes into ``output_dir`` before each checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult
+from trl import SFTTrainer
+
+from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
+
+logger = logging.getLogger(__name__)
+
+
+def save_sinklora_files(
+    model: Any,
+    output_dir: str | Path,
+    *,
+    datasets: Iterable[str] = (),
+    training: Mapping[str, Any] | None = None,
+    eval_results: Iterable[EvalResult | Mapping[str, Any]] = (),
+) -> None:
+    """Writes the base ``config.json`` (adapters only), ``sinklora_recipe.json`` and ``README.md``.
+
+    Call after ``model.save_pretrained(output_dir)`` when saving without the trainer.
+    """
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    if getattr(model, "peft_config", None):
+        config = copy.deepcopy(base.config)
+        config.use_cache = True  # Trainer sets it to TrainingArguments.use_cache (False) while training
+        config.save_pretrained(output_dir)
+    record = recipe_record(model, datasets=datasets, training=training, eval_results=eval_results)
+    write_model_card(output_dir, record)
+
+
+class SinkLoRATrainer(SFTTrainer):
+    """``trl.SFTTrainer`` that saves SinkLoRA outputs (config with RoPE + SF-Attn, model card).
+
+    Takes every ``SFTTrainer`` argument, plus:
+
+    Args:
+        dataset_names: names of the training data for the card (hub ids become metadata).
+    """
+
+    def __init__(self, *args: Any, dataset_names: Iterable[str] = (), **kwargs: Any) -> None:
+        given = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
+        super().__init__(*args, **kwargs)
+        self.dataset_names = [str(name) for name in dataset_names]
+        self._check_nothing_dropped(given)
+
+    def _check_nothing_dropped(self, given: Any) -> None:
+        """SFTTrainer silently drops examples whose response lies beyond ``max_length``: say so."""
+        kept = self.train_dataset
+        if not hasattr(given, "__len__") or not hasattr(kept, "__len__") or self.args.packing:
+            return
+        if len(kept) == 0:
+            raise ValueError(
+                f"no training example keeps any response token within max_length={self.args.max_length}: "
+                f"all {len(given)} prompts are longer. Raise max_length (--target-length) or shorten the prompts"
+            )
+        if len(kept) < len(given):
+            logger.warning("%d of %d examples dropped: their response starts after max_length=%d tokens",
+                           len(given) - len(kept), len(given), self.args.max_length)
+
+    def _training_facts(self) -> dict[str, Any]:
+        args, state = self.args, self.state
+        losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+        facts = {
+            "trainer": "hf_sinklora.SinkLoRATrainer (trl.SFTTrainer)",
+            "global_step": state.global_step,
+            "epochs": round(state.epoch or 0.0, 4),
+            "learning_rate": args.learning_rate,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "world_size": args.world_size,
+            "max_length": args.max_length,
+            "packing": args.packing,
+            "padding_free": bool(getattr(self, "padding_free", args.padding_free)),
+            "completion_only_loss": getattr(self, "completion_only_loss", args.completion_only_loss),
+        }
+        if losses:
+            facts["last_logged_loss"] = round(losses[-1], 4)
+        return facts
+
+    def _eval_results(self) -> list[dict[str, Any]]:
+        evals = [entry for entry in self.state.log_history if "eval_loss" in entry]
+        if not evals:
+            return []
+        loss = evals[-1]["eval_loss"]
+        common = dict(task_type="text-generation", dataset_type="eval_dataset", dataset_name="eval_dataset",
+                      dataset_split="eval")
+        return [
+            {**common, "metric_type": "loss", "metric_value": round(loss, 4)},
+            {**common, "metric_type": "perplexity", "metric_value": round(math.exp(min(loss, 50.0)), 4)},
+        ]
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+        if self.args.should_save:
+            output_dir = output_dir if output_dir is not None else self.args.output_dir
+            save_sinklora_files(
+                self.accelerator.unwrap_model(self.model, keep_torch_compile=False), output_dir,
+                datasets=self.dataset_names, training=self._training_facts(), eval_results=self._eval_results(),
+            )
+
+    def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
+                          tags: str | list[str] | None = None) -> None:
+        """Writes the SinkLoRA card into ``output_dir`` (replaces TRL's generic card)."""
+        if not self.is_world_process_zero():
+            return
+        record = recipe_record(
+            self.accelerator.unwrap_model(self.model, keep_torch_compile=False),
+            datasets=self.dataset_names or ([dataset_name] if dataset_name else []),
+            training=self._training_facts(), eval_results=self._eval_results(),
+        )
+        load_path = self.args.hub_model_id or self.args.output_dir
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        render_model_card(record, load_path=load_path, model_name=model_name).save(
+            os.path.join(self.args.output_dir, CARD_FILE)
+        )
