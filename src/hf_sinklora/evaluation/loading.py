@@ -54,25 +54,31 @@ def load_for_eval(
 ) -> tuple[torch.nn.Module, Any]:
     """Loads ``(model, tokenizer)`` ready for evaluation (eval mode, on ``device``).
 
+    Both go through :func:`hf_sinklora.load_model`, so an adapter directory written by the
+    recipe brings its RoPE scaling and trained embeddings/norms along.
+
     Args:
-        model: a local path or hub id for ``AutoModelForCausalLM.from_pretrained``.
-        adapter: a peft adapter (path or hub id) loaded on top with ``PeftModel.from_pretrained``.
+        model: a local path or hub id: a plain model, or an adapter directory (its base is the
+            one recorded in ``adapter_config.json``).
+        adapter: a peft adapter (path or hub id) loaded on top of ``model``.
         dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
         attn_implementation: ``"sf_attention"`` (full causal in eval mode) or any transformers name.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from ..hub.loading import load_model
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     import hf_sinklora  # noqa: F401  (registers sf_attention / s2_attention)
 
     target = resolve_device(device)
-    loaded = AutoModelForCausalLM.from_pretrained(model, dtype=DTYPES[dtype], attn_implementation=attn_implementation)
-    if adapter is not None:
-        from peft import PeftModel
-
-        loaded = PeftModel.from_pretrained(loaded, adapter)
+    kwargs = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    if adapter is None:
+        loaded = load_model(model, **kwargs)
+    else:
+        loaded = load_model(adapter, base_model=model, **kwargs)
         logger.info("loaded adapter %s on %s", adapter, model)
     loaded = loaded.to(target).eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model, adapter))

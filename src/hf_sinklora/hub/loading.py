@@ -37,7 +37,9 @@ def _has_model_config(path: str, hub_kwargs: dict[str, Any]) -> bool:
     return file_exists(path, MODEL_CONFIG, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
 
 
-def load_model(path: str | Path, merge: bool = False, **from_pretrained_kwargs: Any) -> Any:
+def load_model(
+    path: str | Path, merge: bool = False, base_model: str | Path | None = None, **from_pretrained_kwargs: Any
+) -> Any:
     """Loads a SinkLoRA output for generation (in eval mode).
 
     An *adapter directory* (``adapter_config.json``) loads its base model from
@@ -50,6 +52,7 @@ def load_model(path: str | Path, merge: bool = False, **from_pretrained_kwargs: 
     Args:
         path: local directory or hub id.
         merge: merge the adapter into the base weights and return the plain model.
+        base_model: load an adapter onto this base (path or hub id) instead of its recorded one.
         **from_pretrained_kwargs: passed to ``AutoModelForCausalLM.from_pretrained`` of the base
             (``dtype``, ``device_map``, ``revision``, ``token`` ...).
 
@@ -68,12 +71,14 @@ def load_model(path: str | Path, merge: bool = False, **from_pretrained_kwargs: 
     hub_kwargs = {k: kwargs[k] for k in ("revision", "token", "cache_dir") if k in kwargs}
     adapter_config = _read_adapter_config(path, hub_kwargs)
     if adapter_config is None:
+        if base_model is not None:
+            raise ValueError(f"base_model was given, but {path} is not an adapter directory (no {ADAPTER_CONFIG})")
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         return model.eval()
 
     from peft import PeftModel
 
-    base = adapter_config.get("base_model_name_or_path")
+    base = str(base_model) if base_model is not None else adapter_config.get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{path}/{ADAPTER_CONFIG} has no base_model_name_or_path; cannot find the base model")
     base_kwargs = {k: v for k, v in kwargs.items() if k != "revision"}  # the revision is the adapter's

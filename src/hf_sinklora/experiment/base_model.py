@@ -1,0 +1,144 @@
+"""A small base model pretrained for real at a short context, cached between runs.
+
+The demo and the paper reproduction need a model that has *learned* a short context
+before its context is extended: a random model has nothing to extend. This trains a
+byte-level BPE tokenizer and a small Llama (full attention, stock ``Trainer``) on the given
+texts, and keeps the result in a cache directory keyed by the recipe and the corpus, so a
+second run loads it instead of training again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import datasets
+from transformers import (
+    AutoModelForCausalLM,
+    DataCollatorForLanguageModeling,
+    LlamaConfig,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from ..data.local_corpus import chunk_token_ids, train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
+RECIPE_FILE = "base_model_recipe.json"
+
+
+@dataclass(frozen=True)
+class BaseModelRecipe:
+    """Shape and training of the base model (defaults: ~2.6M parameters, minutes on 2 CPU cores)."""
+
+    vocab_size: int = 2048
+    hidden_size: int = 192
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    context_length: int = 256
+    steps: int = 400
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "context_length", "steps", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+
+
+def default_cache_dir() -> Path:
+    """``$HF_SINKLORA_CACHE`` or ``$XDG_CACHE_HOME/hf_sinklora`` (``~/.cache/hf_sinklora``)."""
+    if os.environ.get("HF_SINKLORA_CACHE"):
+        return Path(os.environ["HF_SINKLORA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_sinklora"
+
+
+def _cache_key(texts: list[str], recipe: BaseModelRecipe) -> str:
+    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    for text in texts:
+        digest.update(hashlib.sha256(text.encode()).digest())
+    return digest.hexdigest()[:16]
+
+
+def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: str | Path) -> Path:
+    """Trains the tokenizer and the model on ``texts``; saves both (and the recipe) to ``output_dir``.
+
+    Args:
+        texts: training documents, concatenated (``</s>`` between) and cut into rows of
+            ``recipe.context_length`` tokens.
+
+    Returns:
+        ``output_dir``, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
+    """
+    set_seed(recipe.seed)
+    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size)
+    rows = chunk_token_ids(tokenizer, texts, recipe.context_length)
+    if not rows:
+        raise ValueError(f"the texts hold fewer than context_length={recipe.context_length} tokens")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe.hidden_size, intermediate_size=recipe.intermediate_size,
+        num_hidden_layers=recipe.num_layers, num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_heads, max_position_embeddings=recipe.context_length,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    output_dir = Path(output_dir)
+    logger.info("pretraining a %.2fM-parameter Llama on %d rows of %d tokens for %d steps",
+                model.num_parameters() / 1e6, len(rows), recipe.context_length, recipe.steps)
+    args = TrainingArguments(
+        output_dir=str(output_dir / "trainer"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, recipe.steps // 20),
+        weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
+        seed=recipe.seed, dataloader_num_workers=0,
+    )
+    trainer = Trainer(
+        model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+    )
+    trainer.train()
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+    model.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    (output_dir / RECIPE_FILE).write_text(json.dumps({**asdict(recipe), "train_rows": len(rows), "losses": losses}, indent=2))
+    return output_dir
+
+
+def cached_base_model(texts: list[str], recipe: BaseModelRecipe, cache_dir: str | Path | None = None) -> tuple[Path, bool]:
+    """The base model for ``(texts, recipe)``: loaded from the cache, or pretrained into it.
+
+    The model is trained in a temporary directory beside its final place and renamed into
+    it, so an interrupted run never leaves a half-written model behind.
+
+    Returns:
+        ``(path, was_cached)``.
+    """
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "base_models"
+    path = root / _cache_key(texts, recipe)
+    if (path / RECIPE_FILE).exists():
+        logger.info("base model loaded from the cache: %s", path)
+        return path, True
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=root))
+    try:
+        pretrain_base_model(texts, recipe, staging)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path, False
