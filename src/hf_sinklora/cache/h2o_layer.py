@@ -36,7 +36,8 @@ class H2OLayer(CacheLayerMixin):
             between steps and ``budget + q`` while a step of ``q`` tokens runs.
         slot_positions: ``(B, Hkv, slots)`` absolute position of the token in each slot, ``-1`` if free.
         scores: ``(B, Hkv, slots)`` float32 accumulated attention of each kept token;
-            ``-inf`` for free slots and padding (never attended, evicted first).
+            ``-inf`` for free slots and padding (never attended, evicted first), ``+inf`` for
+            the sinks (never evicted).
         seen: tokens that went through this layer (kept or not).
         budget: tokens kept per (row, KV head); None until a fractional budget is fixed.
     """
@@ -54,6 +55,8 @@ class H2OLayer(CacheLayerMixin):
         self.slot_positions: torch.Tensor | None = None
         self.scores: torch.Tensor | None = None
         self.first_real: torch.Tensor | None = None  # (B,) position of each row's first real token, -1: none yet
+        self.sinks_settled = False  # every row's sinks have arrived and are scored +inf
+        self.free_slot: torch.Tensor | None = None  # (B, Hkv, 1) the slot the last single eviction freed
         self.awaiting_scores = False
 
     # --- CacheLayerMixin -------------------------------------------------------------------
@@ -84,12 +87,12 @@ class H2OLayer(CacheLayerMixin):
                 f"budget={self.policy.budget} (a fraction) was fixed by the first forward ({self.seen} tokens), "
                 "but more prompt tokens followed (prefill_chunk_size, or a continued prompt); pass an int budget"
             )
-        positions = torch.arange(self.seen, self.seen + num_new, device=self.device)
-        positions = positions.expand(*self.slot_positions.shape[:2], num_new)
         if num_new == 1 and self.free_slots:
-            self._write_into_free_slot(key_states, value_states, positions)
+            self._write_into_free_slot(key_states, value_states)
         else:
             self._compact()
+            positions = torch.arange(self.seen, self.seen + num_new, device=self.device)
+            positions = positions.expand(*self.slot_positions.shape[:2], num_new)
             self.keys = torch.cat([self.keys, key_states], dim=-2)
             self.values = torch.cat([self.values, value_states], dim=-2)
             self.slot_positions = torch.cat([self.slot_positions, positions], dim=-1)
@@ -152,25 +155,34 @@ class H2OLayer(CacheLayerMixin):
         return self.scores > float("-inf")
 
     def begin_step(self, num_new: int, new_tokens_real: torch.Tensor | None) -> None:
-        """Marks padding among the step's tokens (never attended, first to go); finds each row's sinks.
+        """Marks padding among the step's tokens (never attended, first to go) and the sinks.
 
         Args:
             num_new: ``q``, tokens in the step.
             new_tokens_real: ``(B, q)`` bool, False for padding; None when every token is real.
         """
         first_new = self.seen - num_new
-        if new_tokens_real is None:
+        if new_tokens_real is not None:
+            new_tokens_real = new_tokens_real.to(device=self.device, dtype=torch.bool)
+            offset = self.slot_positions - first_new  # (B, Hkv, slots): index among the new tokens
+            column = offset.clamp(0, num_new - 1).flatten(1)
+            real = new_tokens_real.gather(1, column).view_as(offset)
+            self.scores.masked_fill_((offset >= 0) & ~real, float("-inf"))
+            first = first_new + new_tokens_real.int().argmax(dim=1)
+            self.first_real = torch.where((self.first_real == _FREE) & new_tokens_real.any(dim=1), first, self.first_real)
+        elif not self.sinks_settled:
             self.first_real.masked_fill_(self.first_real == _FREE, first_new)
-            return
-        new_tokens_real = new_tokens_real.to(device=self.device, dtype=torch.bool)
-        offset = self.slot_positions - first_new  # (B, Hkv, slots): index among the new tokens
-        is_new = offset >= 0
-        column = offset.clamp(0, num_new - 1).flatten(1)
-        real = new_tokens_real.gather(1, column).view_as(offset)
-        self.scores.masked_fill_(is_new & ~real, float("-inf"))
-        has_real = new_tokens_real.any(dim=1)
-        first = first_new + new_tokens_real.int().argmax(dim=1)
-        self.first_real = torch.where((self.first_real == _FREE) & has_real, first, self.first_real)
+        if not self.sinks_settled:
+            self._mark_sinks()
+
+    def _mark_sinks(self) -> None:
+        """Gives each row's first ``s`` real tokens a score of ``+inf``: never evicted."""
+        sinks = self.policy.num_sink_tokens
+        first = self.first_real[:, None, None]
+        is_sink = (first != _FREE) & (self.slot_positions >= first) & (self.slot_positions < first + sinks)
+        self.scores.masked_fill_(is_sink & self.attendable(), float("inf"))
+        # once every row's sinks have arrived, nothing here can change any more
+        self.sinks_settled = bool((self.first_real != _FREE).all()) and self.seen >= int(self.first_real.max()) + sinks
 
     def end_step(self, key_mass: torch.Tensor, sliding_window: int | None = None) -> None:
         """Adds the step's attention to the scores and evicts down to the budget.
@@ -188,31 +200,38 @@ class H2OLayer(CacheLayerMixin):
 
     def _evict(self, count: int, sliding_window: int | None) -> None:
         """Frees ``count`` slots per (row, KV head): padding first, then the lowest scores outside
-        the protected sinks and recent window."""
-        occupied = self.slot_positions != _FREE
+        the sinks (scored ``+inf``) and the recent window."""
         newest = self.seen - 1
         recent = self.policy.recent_tokens(self.budget)
-        first_real = self.first_real[:, None, None]
-        is_sink = (first_real != _FREE) & (self.slot_positions - first_real < self.policy.num_sink_tokens)
-        is_recent = self.slot_positions > newest - recent
-        protected = occupied & self.attendable() & (is_sink | is_recent)
-        priority = self.scores.masked_fill(protected | ~occupied, float("inf"))
+        priority = self.scores
+        if recent:
+            is_recent = (self.slot_positions > newest - recent) & (priority > float("-inf"))
+            priority = priority.masked_fill(is_recent, float("inf"))
         if sliding_window is not None:
-            expired = occupied & ~protected & (self.slot_positions <= newest - sliding_window)
+            expired = (self.slot_positions <= newest - sliding_window) & (priority < float("inf"))
             priority = priority.masked_fill(expired, float("-inf"))
-        victims = priority.topk(count, dim=-1, largest=False).indices
+        if self.free_slots:
+            priority = priority.masked_fill(self.slot_positions == _FREE, float("inf"))
+        if count == 1:
+            victims = priority.argmin(dim=-1, keepdim=True)
+            self.free_slot = victims  # the next decode step writes here
+        else:
+            victims = priority.topk(count, dim=-1, largest=False).indices
         self.slot_positions.scatter_(-1, victims, _FREE)
         self.scores.scatter_(-1, victims, float("-inf"))
         self.free_slots += count
         if count > 1:
             self._compact()
 
-    def _write_into_free_slot(self, key_states: torch.Tensor, value_states: torch.Tensor, positions: torch.Tensor) -> None:
-        slot = (self.slot_positions == _FREE).int().argmax(dim=-1, keepdim=True)  # (B, Hkv, 1)
+    def _write_into_free_slot(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        slot = self.free_slot
+        if slot is None:
+            slot = (self.slot_positions == _FREE).int().argmax(dim=-1, keepdim=True)  # (B, Hkv, 1)
+        self.free_slot = None
         index = slot[..., None].expand(*slot.shape, key_states.shape[-1])
         self.keys.scatter_(2, index, key_states)
         self.values.scatter_(2, slot[..., None].expand(*slot.shape, value_states.shape[-1]), value_states)
-        self.slot_positions.scatter_(-1, slot, positions)
+        self.slot_positions.scatter_(-1, slot, self.seen)
         self.scores.scatter_(-1, slot, 0.0)
         self.free_slots -= 1
 
@@ -227,6 +246,7 @@ class H2OLayer(CacheLayerMixin):
         self.slot_positions = self.slot_positions.gather(-1, slot)
         self.scores = self.scores.gather(-1, slot)
         self.free_slots = 0
+        self.free_slot = None
 
     def _select_rows(self, select) -> None:
         """Applies a batch-dimension selection (beam search, batch expansion) to every state tensor."""
@@ -235,3 +255,4 @@ class H2OLayer(CacheLayerMixin):
         self.keys, self.values = select(self.keys), select(self.values)
         self.slot_positions, self.scores = select(self.slot_positions), select(self.scores)
         self.first_real = select(self.first_real)
+        self.free_slot = None

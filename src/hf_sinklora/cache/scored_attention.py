@@ -57,29 +57,33 @@ def scored_attention(
     keys_t = keys.transpose(-1, -2)  # (B, Hkv, D, slots)
     softmax_dtype = torch.promote_types(query.dtype, torch.float32)
 
-    key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=torch.float32, device=query.device)
     chunk = max(1, chunk_elements // max(1, batch * num_heads * num_slots))
-    outputs = []
+    key_mass, outputs = None, []
     for start in range(0, num_queries, chunk):
         pos = query_pos[start : start + chunk, None]  # (c, 1)
         size = pos.shape[0]
-        visible = real & (key_pos <= pos)
-        if sliding_window is not None:
-            visible = visible & (pos - key_pos < sliding_window)
-        if queries_real is not None:
-            visible = visible & queries_real[:, :, start : start + size]
-        visible = visible | (key_pos == pos)  # a (padding) query always sees itself: no empty row
+        if num_queries == 1 and queries_real is None and sliding_window is None:
+            visible = real  # decoding: every kept token is in the past, the query itself included
+        else:
+            visible = real & (key_pos <= pos)
+            if sliding_window is not None:
+                visible = visible & (pos - key_pos < sliding_window)
+            if queries_real is not None:
+                visible = visible & queries_real[:, :, start : start + size]
+            visible = visible | (key_pos == pos)  # a (padding) query always sees itself: no empty row
         q = grouped[:, :, :, start : start + size].reshape(batch, num_kv_heads, group * size, head_dim)
-        logits = torch.matmul(q, keys_t).to(softmax_dtype).view(batch, num_kv_heads, group, size, num_slots) * scale
+        logits = torch.matmul(q * scale, keys_t).to(softmax_dtype).view(batch, num_kv_heads, group, size, num_slots)
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        logits = logits.masked_fill(~visible[:, :, None], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
-        key_mass += probs.sum(dim=(2, 3)) / group
+        probs = torch.softmax(torch.where(visible[:, :, None], logits, float("-inf")), dim=-1)
+        mass = probs.sum(dim=(2, 3))
+        key_mass = mass if key_mass is None else key_mass + mass
         out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, num_slots), values)
         outputs.append(out.view(batch, num_kv_heads, group, size, head_dim))
+    if group > 1:
+        key_mass = key_mass / group
     out = torch.cat(outputs, dim=3) if len(outputs) > 1 else outputs[0]
-    return out.reshape(batch, num_heads, num_queries, head_dim).transpose(1, 2), key_mass
+    return out.reshape(batch, num_heads, num_queries, head_dim).transpose(1, 2), key_mass.float()
 
 
 def h2o_layer_of(key: torch.Tensor) -> H2OLayer | None:
