@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import (
     AutoModelForCausalLM,
     DataCollatorForLanguageModeling,
@@ -105,7 +106,7 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
         output_dir=str(output_dir / "trainer"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
         learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, recipe.steps // 20),
         weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
-        seed=recipe.seed, dataloader_num_workers=0,
+        seed=recipe.seed, dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
