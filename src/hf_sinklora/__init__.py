@@ -32,7 +32,7 @@ _LAZY = {
     "write_model_card": ".hub.card",
 }
 
-__all__ = sorted([
+__all__ = [
     "H2OCache",
     "SFAttentionConfig",
     "__version__",
@@ -41,8 +41,8 @@ __all__ = sorted([
     "make_passkey_prompt",
     "passkey_accuracy",
     "perplexity",
-    *_LAZY,
-])
+]
+__all__ += sorted(_LAZY)
 
 
 def __getattr__(name: str) -> Any:

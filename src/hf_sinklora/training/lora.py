@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 _NO_NAMES = "no {what} found in {model}; pass {param}= explicitly"
 
@@ -106,7 +109,7 @@ def sinklora_lora_config(
     train_embeddings: bool = True,
     train_norms: bool = True,
     **lora_kwargs: Any,
-):
+) -> LoraConfig:
     """A ``peft.LoraConfig`` for the SinkLoRA recipe on ``model``'s family.
 
     LoRA goes on every ``nn.Linear`` of the attention modules; the input embeddings and
@@ -127,7 +130,7 @@ def sinklora_lora_config(
         **lora_kwargs: passed on to ``LoraConfig`` (e.g. ``use_rslora``).
 
     Returns:
-        ``peft.LoraConfig`` with ``task_type="CAUSAL_LM"``.
+        ``task_type="CAUSAL_LM"``, the targets and ``modules_to_save`` found.
 
     Raises:
         ValueError: a bad hyper-parameter, or no attention projections found.
