@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from huggingface_hub import ModelCard
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-import hf_sinklora  # noqa: F401
+import hf_sinklora
 from hf_sinklora.cli import main
 from hf_sinklora.data import chunk_token_ids, stdlib_source_files, train_bpe_tokenizer
 from hf_sinklora.data.local_corpus import read_texts
@@ -23,22 +24,40 @@ def tokenizer():
     return train_bpe_tokenizer(read_texts(stdlib_source_files(limit=12)), vocab_size=400)
 
 
-def test_demo_trains_and_reports(tmp_path, capsys):
-    code = main(["demo", "--output-dir", str(tmp_path), "--steps", "6", "--seq-len", "64",
-                 "--batch-size", "2", "--train-files", "6", "--eval-files", "2", "--vocab-size", "400"])
-    assert code == 0
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["group_size"] == 16 and summary["sf_attention"]["num_sink_tokens"] == 4
-    assert summary["eval_perplexity_after"] < summary["eval_perplexity_before"]
-    assert "eval ppl (full attn)" in capsys.readouterr().out
-    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "model", attn_implementation="sf_attention")
-    assert reloaded.config.sf_attention["group_size_ratio"] == 0.25
+def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
+    """The built-in demo, shrunk: stdlib corpus, base pretrained then cached, 4x extension, outputs."""
+    out, cache = tmp_path / "demo", tmp_path / "cache"
+    argv = ["demo", "--output-dir", str(out), "--cache-dir", str(cache), "--base-context", "32",
+            "--pretrain-steps", "4", "--finetune-steps", "3", "--batch-size", "2", "--eval-tokens", "1500",
+            "--passkey-trials", "1", "--generate-tokens", "4", "--h2o-prompt-tokens", "160",
+            "--corpus-files", "20"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["base"]["from_cache"] is False and summary["extension"]["target_length"] == 128
+    assert summary["data"] == "Python standard library sources"
+    quality = summary["quality"]
+    assert quality["before"]["ppl"] > 1 and quality["after"]["ppl"] > 1 and quality["base_at_own_context"] > 1
+    assert set(quality["after"]["passkey"]) == {"128"}  # 64 tokens cannot hold a passkey prompt
+    h2o = summary["h2o"]
+    assert h2o["prompt_tokens"] == 160 and h2o["budget_tokens"] == 40 and h2o["generated_tokens"] == 4
+    assert h2o["h2o"]["kv_bytes"] < h2o["full"]["kv_bytes"]
+    assert (out / "summary.png").stat().st_size > 10_000
+    card = ModelCard.load(out / "adapter" / "README.md")
+    assert "sinklora" in card.data.tags and "H2OCache" in card.text
+    reloaded = hf_sinklora.load_model(out / "adapter")
+    assert reloaded.config.rope_parameters["factor"] == 4.0 and reloaded.config.max_position_embeddings == 128
+    assert "held-out ppl @128" in printed and "H2OCache(40)" in printed
+
+    assert main(argv) == 0  # the second run loads the base from the cache
+    assert json.loads((out / "summary.json").read_text())["base"]["from_cache"] is True
 
 
 def test_demo_rejects_bad_settings(tmp_path):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["demo", "--output-dir", str(tmp_path), "--steps", "0"])
-    assert exit_info.value.code == 2
+    for bad in (["--finetune-steps", "0"], ["--h2o-budget", "1.5"], ["--target-length", "8"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", "--output-dir", str(tmp_path), *bad])
+        assert exit_info.value.code == 2
 
 
 def test_tokenizer_and_rows(tokenizer):

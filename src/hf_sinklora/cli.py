@@ -12,11 +12,23 @@ from .evaluation.cli import add_eval_parsers
 from .training.cli import add_train_parser
 
 
+_FIELD_TYPES = {"int": int, "float": float, "str": str}
+
+
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("demo", help="fine-tune a tiny model with SF-Attn on local text and report")
+    parser = subparsers.add_parser(
+        "demo", help="pretrain (or load) a base, extend its context 4x with SinkLoRA, evaluate, generate with H2O"
+    )
     for field in dataclasses.fields(DemoSettings):
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=type(field.default), default=field.default, help=f"(default: {field.default})")
+        help_text = field.metadata.get("help", "")
+        if field.type == "list[str]":
+            parser.add_argument(flag, nargs="+", default=[], help=help_text)
+            continue
+        kind = _FIELD_TYPES[field.type.replace(" | None", "")]
+        if "default" not in help_text:
+            help_text = f"{help_text} (default: {field.default})"
+        parser.add_argument(flag, type=kind, default=field.default, help=help_text)
     parser.set_defaults(handler=_run_demo)
 
 

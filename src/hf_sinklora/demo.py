@@ -1,158 +1,266 @@
-"""The main job, small: fine-tune a tiny Llama with SF-Attn on local text, for real.
+"""The main job, end to end: pretrain (or load) a base, extend its context 4x with SinkLoRA,
+measure what that bought, generate with ``H2OCache``, write the adapter and its card.
 
-A byte-level BPE tokenizer and the training rows come from the Python standard library's
-own sources; the model trains through the stock ``transformers.Trainer`` with
-``attn_implementation="sf_attention"``, and is evaluated (full causal attention, eval
-mode) on held-out files before and after. Everything is measured, nothing is canned.
+With no ``--model`` everything runs on a corpus every machine has, the Python standard
+library's own sources: a small Llama and its tokenizer are pretrained at a short context
+(or loaded from the user cache when this exact base was built before). With ``--model`` the
+same pipeline runs on a real checkpoint and ``--dataset`` text. Every number is measured.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-import datasets
-from transformers import (
-    AutoModelForCausalLM,
-    DataCollatorForLanguageModeling,
-    LlamaConfig,
-    Trainer,
-    TrainingArguments,
-    set_seed,
-)
+import torch
+from transformers import AutoConfig, AutoTokenizer, DynamicCache
 
-from .attention import configure_sf_attention
-from .data.local_corpus import chunk_token_ids, read_texts, stdlib_source_files, train_bpe_tokenizer
+from .cache import H2OCache, timed_generate
+from .data.local_corpus import chunk_token_ids, read_texts, stdlib_source_files
+from .evaluation import minimum_prompt_length, passkey_accuracy, perplexity, tokenize_documents
+from .experiment.base_model import BaseModelRecipe, cached_base_model
+from .experiment.corpus import load_books
+from .experiment.extension import ExtensionRecipe, extend_model
+from .hub.loading import load_model
+from .training.rope import extend_context
 
 logger = logging.getLogger(__name__)
+HELD_OUT_FILES = 12  # the last stdlib files (by name) are never trained on
 
 
 @dataclass
 class DemoSettings:
-    """Knobs of the demo run (defaults finish in about a minute on 2 CPU cores)."""
+    """Knobs of the demo (defaults: a few minutes on 2 CPU cores)."""
 
-    output_dir: str = "sinklora-demo"
-    steps: int = 60
-    seq_len: int = 512
-    batch_size: int = 4
-    learning_rate: float = 3e-3
-    group_size_ratio: float = 0.25
-    num_sink_tokens: int = 4
-    train_files: int = 120
-    eval_files: int = 8
-    vocab_size: int = 2048
-    seed: int = 0
+    output_dir: str = field(default="sinklora-demo", metadata={"help": "where the adapter, card, summary and PNG go"})
+    model: str | None = field(default=None, metadata={"help": "checkpoint path or hub id (default: pretrain a small base)"})
+    dataset: list[str] = field(default_factory=list, metadata={"help": "text files/dirs/datasets ids (default: stdlib sources)"})
+    target_length: int | None = field(default=None, metadata={"help": "context to reach (default: 4x the base's)"})
+    base_context: int = field(default=128, metadata={"help": "pretraining context of the built-in base"})
+    pretrain_steps: int = field(default=600, metadata={"help": "pretraining steps of the built-in base"})
+    finetune_steps: int = field(default=100, metadata={"help": "SinkLoRA (SF-Attn, LoRA+) steps"})
+    batch_size: int = field(default=4, metadata={"help": "rows per fine-tuning step"})
+    learning_rate: float = field(default=2e-3, metadata={"help": "fine-tuning learning rate"})
+    group_size_ratio: float = field(default=0.25, metadata={"help": "SF-Attn group size / sequence length"})
+    sink_tokens: int = field(default=4, metadata={"help": "SF-Attn sink tokens"})
+    eval_tokens: int = field(default=20_000, metadata={"help": "held-out tokens for perplexity"})
+    passkey_trials: int = field(default=2, metadata={"help": "passkey prompts per (length, depth)"})
+    h2o_budget: float = field(default=0.25, metadata={"help": "H2OCache budget, fraction of the prompt"})
+    h2o_prompt_tokens: int | None = field(default=None, metadata={"help": "prompt for the H2O run (default: 16x target)"})
+    generate_tokens: int = field(default=32, metadata={"help": "tokens generated in the H2O comparison"})
+    corpus_files: int | None = field(default=None, metadata={"help": "train on the first N stdlib files (default: all)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "base-model cache (default ~/.cache/hf_sinklora)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+    def validate(self) -> None:
+        positive = ("base_context", "pretrain_steps", "finetune_steps", "batch_size", "eval_tokens", "passkey_trials",
+                    "generate_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.corpus_files is not None and self.corpus_files < 1:
+            raise ValueError(f"corpus_files must be >= 1, got {self.corpus_files}")
+        if self.target_length is not None and self.target_length < 16:
+            raise ValueError(f"target_length must be >= 16, got {self.target_length}")
+        if not 0 < self.h2o_budget <= 1:
+            raise ValueError(f"h2o_budget must be a fraction in (0, 1], got {self.h2o_budget}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
 
 
-def _perplexity(trainer: Trainer, dataset: datasets.Dataset) -> float:
-    return math.exp(trainer.evaluate(eval_dataset=dataset)["eval_loss"])
+def demo_base_recipe(settings: DemoSettings) -> BaseModelRecipe:
+    """The built-in base: ~1.3M parameters, trained at ``base_context`` on stdlib sources."""
+    return BaseModelRecipe(vocab_size=2048, hidden_size=128, intermediate_size=352, num_layers=4, num_heads=4,
+                           context_length=settings.base_context, steps=settings.pretrain_steps, batch_size=16,
+                           learning_rate=3e-3, seed=settings.seed)
 
 
-def run_demo(settings: DemoSettings) -> dict:
-    """Trains and evaluates; writes the model, tokenizer and ``summary.json`` to ``output_dir``.
+def _texts(settings: DemoSettings) -> tuple[list[str], list[str], str]:
+    """(train texts, held-out texts, name of the data)."""
+    if settings.dataset:
+        books = load_books(settings.dataset)
+        if len(books) == 1:  # one document: hold out its last tenth
+            cut = int(len(books[0]) * 0.9)
+            return [books[0][:cut]], [books[0][cut:]], ", ".join(settings.dataset)
+        held = max(1, len(books) // 10)
+        return books[:-held], books[-held:], ", ".join(settings.dataset)
+    files = stdlib_source_files()
+    train = files[:-HELD_OUT_FILES][: settings.corpus_files]
+    return read_texts(train), read_texts(files[-HELD_OUT_FILES:]), "Python standard library sources"
+
+
+def _stage(number: int, text: str) -> None:
+    logger.info("[%d/5] %s", number, text)
+
+
+def run_demo(settings: DemoSettings) -> dict[str, Any]:
+    """Runs the five stages; writes ``adapter/`` (with its card), ``summary.json`` and ``summary.png``.
 
     Returns:
-        The summary dict (also written to disk).
+        The summary dict.
     """
-    if settings.steps < 1 or settings.seq_len < 8:
-        raise ValueError(f"steps must be >= 1 and seq_len >= 8, got steps={settings.steps}, seq_len={settings.seq_len}")
-    set_seed(settings.seed)
-    output_dir = Path(settings.output_dir)
-    files = stdlib_source_files()
-    train_paths = files[: settings.train_files]
-    eval_paths = files[-settings.eval_files :]
-    train_texts, eval_texts = read_texts(train_paths), read_texts(eval_paths)
-
+    settings.validate()
     started = time.perf_counter()
-    tokenizer = train_bpe_tokenizer(train_texts, settings.vocab_size)
-    train_rows = chunk_token_ids(tokenizer, train_texts, settings.seq_len)
-    eval_rows = chunk_token_ids(tokenizer, eval_texts, settings.seq_len)[:32]
-    logger.info(
-        "tokenizer: %d tokens trained on %d stdlib files; %d train rows, %d eval rows of %d tokens",
-        len(tokenizer), len(train_paths), len(train_rows), len(eval_rows), settings.seq_len,
-    )
+    output_dir = Path(settings.output_dir)
+    train_texts, held_texts, data_name = _texts(settings)
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=344,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=settings.seq_len,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    model = AutoModelForCausalLM.from_config(config, attn_implementation="sf_attention")
-    sf = configure_sf_attention(model, group_size_ratio=settings.group_size_ratio, num_sink_tokens=settings.num_sink_tokens)
+    _stage(1, "base model")
+    if settings.model:
+        base_path, cached = settings.model, None
+        base_context = AutoConfig.from_pretrained(base_path).get_text_config().max_position_embeddings
+        pretrain_losses: list[float] = []
+    else:
+        base_path, cached = cached_base_model(train_texts, demo_base_recipe(settings), settings.cache_dir)
+        base_context = settings.base_context
+        pretrain_losses = json.loads((Path(base_path) / "base_model_recipe.json").read_text())["losses"]
+    target = settings.target_length or 4 * base_context
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    held_out = tokenize_documents(tokenizer, held_texts, max_tokens=settings.eval_tokens)
+    rows = chunk_token_ids(tokenizer, train_texts, target)
+    if not rows:
+        raise ValueError(f"the training text holds fewer than target_length={target} tokens")
 
-    args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"),
-        max_steps=settings.steps,
-        per_device_train_batch_size=settings.batch_size,
-        per_device_eval_batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, settings.steps // 10),
-        logging_steps=max(1, settings.steps // 6),
-        save_strategy="no",
-        report_to="none",
-        seed=settings.seed,
-        use_cpu=True,
-    )
-    train_dataset = datasets.Dataset.from_dict({"input_ids": train_rows})
-    eval_dataset = datasets.Dataset.from_dict({"input_ids": eval_rows})
-    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
-    trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
+    _stage(2, f"extending the context {target / base_context:g}x ({base_context} -> {target}) with SinkLoRA")
+    extension = ExtensionRecipe(target_length=target, steps=settings.finetune_steps, batch_size=settings.batch_size,
+                                learning_rate=settings.learning_rate, group_size_ratio=settings.group_size_ratio,
+                                num_sink_tokens=settings.sink_tokens, seed=settings.seed)
+    adapter_dir = output_dir / "adapter"
+    trained = extend_model(base_path, rows, "sf", extension, adapter_dir, dataset_name=data_name)
 
-    ppl_before = _perplexity(trainer, eval_dataset)
-    train_started = time.perf_counter()
-    result = trainer.train()
-    train_seconds = time.perf_counter() - train_started
-    ppl_after = _perplexity(trainer, eval_dataset)
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    _stage(3, "perplexity and passkey retrieval, before and after (full attention)")
+    before = load_model(base_path)
+    base_ppl = perplexity(before, held_out, base_context).perplexity
+    extend_context(before, target)  # interpolated positions, not fine-tuned: the fair "before"
+    after = load_model(adapter_dir)
+    shortest = minimum_prompt_length(tokenizer)
+    lengths = sorted({n for n in (target // 2, target) if n >= shortest})
+    if not lengths:
+        logger.warning("target_length=%d is too short for a passkey prompt (%d tokens): passkey skipped", target, shortest)
+    quality = {}
+    for name, model in (("before", before), ("after", after)):
+        passkey = passkey_accuracy(model, tokenizer, lengths, (0.0, 0.5, 1.0), settings.passkey_trials,
+                                   settings.seed) if lengths else {"per_length": {}}
+        quality[name] = {"ppl": perplexity(model, held_out, target).perplexity, "passkey": passkey["per_length"]}
+    quality["base_at_own_context"] = base_ppl
 
-    model.save_pretrained(output_dir / "model")
-    tokenizer.save_pretrained(output_dir / "model")
+    _stage(4, f"generation: H2OCache at a {settings.h2o_budget:.0%} budget vs the full cache")
+    h2o = _h2o_comparison(after, tokenizer, held_texts, settings, target)
+
+    _stage(5, "writing the summary")
     summary = {
-        "what": "SF-Attn fine-tuning of a tiny random Llama on Python stdlib sources (transformers.Trainer)",
+        "what": "SinkLoRA demo: base -> 4x context with SF-Attn LoRA+ (SFTTrainer) -> evaluation -> H2O generation",
         "settings": asdict(settings),
-        "sf_attention": sf.to_dict(),
-        "group_size": sf.group_size_for(settings.seq_len),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_rows": len(train_rows),
-        "tokens_trained": settings.steps * settings.batch_size * settings.seq_len,
-        "train_seconds": round(train_seconds, 2),
-        "tokens_per_second": round(settings.steps * settings.batch_size * settings.seq_len / train_seconds, 1),
-        "loss_first_logged": losses[0] if losses else None,
-        "loss_last_logged": losses[-1] if losses else None,
-        "train_loss_mean": result.training_loss,
-        "eval_perplexity_before": round(ppl_before, 3),
-        "eval_perplexity_after": round(ppl_after, 3),
-        "total_seconds": round(time.perf_counter() - started, 2),
-        "saved_to": str(output_dir / "model"),
+        "data": data_name,
+        "base": {"path": str(base_path), "from_cache": cached, "context": base_context, "pretrain_losses": pretrain_losses},
+        "extension": {"target_length": target, "rows": len(rows), **trained},
+        "quality": quality,
+        "h2o": h2o,
+        "total_seconds": round(time.perf_counter() - started, 1),
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot_summary(summary, output_dir / "summary.png")
     return summary
 
 
-def format_summary(summary: dict) -> str:
-    """A readable table of the run."""
+def _h2o_comparison(model: Any, tokenizer: Any, texts: list[str], settings: DemoSettings, target: int) -> dict[str, Any]:
+    # long enough for eviction to pay off; beyond the trained context only speed and memory mean much
+    prompt_tokens = settings.h2o_prompt_tokens or 16 * target
+    ids = torch.cat(tokenize_documents(tokenizer, texts, max_tokens=prompt_tokens))[:prompt_tokens][None]
+    budget = max(settings.sink_tokens + 1, round(settings.h2o_budget * ids.shape[1]))
+    options = dict(max_new_tokens=settings.generate_tokens, do_sample=False, prefill_chunk_size=target,
+                   pad_token_id=tokenizer.pad_token_id)
+    full = timed_generate(model, ids, DynamicCache(config=model.config), **options)
+    evicting = timed_generate(model, ids, H2OCache(budget, num_sink_tokens=settings.sink_tokens), **options)
+    new_full, new_h2o = full.sequences[0, ids.shape[1]:], evicting.sequences[0, ids.shape[1]:]
+    agree = int((new_full == new_h2o).int().cumprod(0).sum()) if len(new_full) == len(new_h2o) else 0
+    return {
+        "prompt_tokens": ids.shape[1],
+        "budget_tokens": budget,
+        "full": {"decode_tokens_per_s": full.decode_tokens_per_s, "kv_bytes": full.kv_bytes, "prefill_s": full.prefill_s},
+        "h2o": {"decode_tokens_per_s": evicting.decode_tokens_per_s, "kv_bytes": evicting.kv_bytes,
+                "prefill_s": evicting.prefill_s},
+        "identical_first_tokens": agree,
+        "generated_tokens": len(new_h2o),
+        "h2o_text": tokenizer.decode(new_h2o, skip_special_tokens=True),
+    }
+
+
+def plot_summary(summary: dict[str, Any], path: Path) -> None:
+    """Four panels: losses, perplexity, passkey accuracy, H2O vs full cache."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(12, 8), dpi=100)
+    FigureCanvasAgg(figure)
+    losses, ppl, passkey, h2o = (figure.add_subplot(2, 2, i) for i in range(1, 5))
+    pre, tuned = summary["base"]["pretrain_losses"], summary["extension"]["losses"]
+    if pre:
+        losses.plot(range(len(pre)), pre, marker="o", label=f"pretraining at {summary['base']['context']}")
+    losses.plot(range(len(pre), len(pre) + len(tuned)), tuned, marker="o",
+                label=f"SinkLoRA at {summary['extension']['target_length']}")
+    losses.set(title="training loss (logged points)", xlabel="log step", ylabel="loss")
+    losses.legend()
+    quality, target = summary["quality"], summary["extension"]["target_length"]
+    bars = [(f"base @{summary['base']['context']}", quality["base_at_own_context"]),
+            (f"interpolated @{target}", quality["before"]["ppl"]), (f"SinkLoRA @{target}", quality["after"]["ppl"])]
+    ppl.bar([b[0] for b in bars], [b[1] for b in bars], color=["grey", "C3", "C2"])
+    ppl.set(title="held-out perplexity (full attention)", ylabel="perplexity")
+    lengths = list(quality["after"]["passkey"])
+    width = 0.38
+    for offset, name, color in ((-width / 2, "before", "C3"), (width / 2, "after", "C2")):
+        bars = passkey.bar([i + offset for i in range(len(lengths))], [quality[name]["passkey"][n] for n in lengths],
+                           width, label=name, color=color)
+        passkey.bar_label(bars, fmt="%.2f")
+    passkey.set_xticks(range(len(lengths)), lengths)
+    passkey.set(title="passkey accuracy", xlabel="prompt tokens", ylabel="accuracy", ylim=(0, 1.05))
+    passkey.legend()
+    runs = summary["h2o"]
+    names = ["full cache", f"H2O {runs['budget_tokens']} tokens"]
+    speed = [runs["full"]["decode_tokens_per_s"], runs["h2o"]["decode_tokens_per_s"]]
+    memory = [runs["full"]["kv_bytes"] / 2**20, runs["h2o"]["kv_bytes"] / 2**20]
+    speed_bars = h2o.bar([0, 1], speed, width, color="C0", label="decode tokens/s")
+    kv_axis = h2o.twinx()
+    memory_bars = kv_axis.bar([width, 1 + width], memory, width, color="C1", label="KV MiB")
+    h2o.bar_label(speed_bars, fmt="%.1f")
+    kv_axis.bar_label(memory_bars, fmt="%.1f")
+    h2o.set_xticks([width / 2, 1 + width / 2], names)
+    h2o.set(title=f"generation from a {runs['prompt_tokens']}-token prompt", ylabel="decode tokens/s",
+            ylim=(0, max(speed) * 1.3))
+    kv_axis.set(ylabel="KV cache MiB", ylim=(0, max(memory) * 1.3))
+    h2o.legend([speed_bars, memory_bars], ["decode tokens/s", "KV MiB"], loc="upper center", ncols=2, fontsize=8)
+    figure.suptitle(f"hf-sinklora demo ({summary['data']}), {summary['total_seconds']:.0f} s", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """The readable table printed at the end."""
+    quality, h2o, base = summary["quality"], summary["h2o"], summary["base"]
+    target = summary["extension"]["target_length"]
+    lengths = list(quality["after"]["passkey"])
     rows = [
-        ("model", f"Llama, {summary['parameters'] / 1e6:.2f}M parameters, attn_implementation=sf_attention"),
-        ("SF-Attn", f"G={summary['group_size']} of n={summary['settings']['seq_len']}, "
-                    f"{summary['sf_attention']['num_sink_tokens']} sinks, half the heads shifted"),
-        ("trained", f"{summary['settings']['steps']} steps, {summary['tokens_trained']} tokens, "
-                    f"{summary['train_seconds']} s ({summary['tokens_per_second']} tok/s)"),
-        ("train loss", f"{summary['loss_first_logged']:.3f} -> {summary['loss_last_logged']:.3f}"),
-        ("eval ppl (full attn)", f"{summary['eval_perplexity_before']:.1f} -> {summary['eval_perplexity_after']:.1f}"),
-        ("saved", summary["saved_to"]),
+        ("base model", f"{base['path']}" + ("" if base["from_cache"] is None else
+                                           (" (from the cache)" if base["from_cache"] else " (pretrained now)"))),
+        ("context", f"{base['context']} -> {target} (linear RoPE interpolation, SF-Attn LoRA+, "
+                    f"{summary['settings']['finetune_steps']} SFTTrainer steps)"),
+        (f"held-out ppl @{base['context']}", f"{quality['base_at_own_context']:.2f} (base at its own context)"),
+        (f"held-out ppl @{target}", f"{quality['before']['ppl']:.2f} before -> {quality['after']['ppl']:.2f} after"),
+        ("passkey accuracy", ", ".join(f"{n} tok: {quality['before']['passkey'][n]:.2f} -> "
+                                       f"{quality['after']['passkey'][n]:.2f}" for n in lengths)
+                             or "skipped: the target length is shorter than a passkey prompt"),
+        ("generation", f"{h2o['prompt_tokens']}-token prompt, {h2o['generated_tokens']} new tokens"),
+        ("  full cache", f"{h2o['full']['decode_tokens_per_s']:.1f} tok/s, KV {h2o['full']['kv_bytes'] / 2**20:.2f} MiB"),
+        (f"  H2OCache({h2o['budget_tokens']})", f"{h2o['h2o']['decode_tokens_per_s']:.1f} tok/s, "
+                                                 f"KV {h2o['h2o']['kv_bytes'] / 2**20:.2f} MiB; first "
+                                                 f"{h2o['identical_first_tokens']} tokens identical"),
+        ("adapter + model card", summary["extension"]["output_dir"]),
+        ("summary", f"{Path(summary['settings']['output_dir']) / 'summary.json'} and summary.png"),
+        ("time", f"{summary['total_seconds']:.0f} s"),
     ]
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

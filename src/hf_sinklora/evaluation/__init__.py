@@ -8,7 +8,7 @@ from .cache_quality import POLICIES, cache_budget_sweep, plot_cache_sweep, strea
 from .heatmap import accuracy_grid, plot_passkey_heatmap
 from .loading import load_for_eval, resolve_device, tokenizer_source
 from .passkey import DEFAULT_DEPTHS, greedy_answer, passkey_accuracy
-from .passkey_prompt import PasskeyPrompt, extract_key, make_passkey_prompt
+from .passkey_prompt import PasskeyPrompt, extract_key, make_passkey_prompt, minimum_prompt_length
 from .perplexity import PerplexityResult, as_documents, evaluate_perplexity, perplexity, tokenize_documents
 from .report import format_cache_sweep_table, format_passkey_table, format_perplexity_table, write_json
 from .texts import load_texts
@@ -32,6 +32,7 @@ __all__ = [
     "load_for_eval",
     "load_texts",
     "make_passkey_prompt",
+    "minimum_prompt_length",
     "passkey_accuracy",
     "perplexity",
     "plan_windows",

@@ -82,6 +82,13 @@ def _token_count(tokenizer: Any, text: str) -> int:
     return len(tokenizer(text)["input_ids"])
 
 
+def minimum_prompt_length(tokenizer: Any, key_digits: int = 5) -> int:
+    """Tokens a passkey prompt needs before any filler (for any depth and key of ``key_digits``),
+    with a small margin for keys that tokenize longer."""
+    key = "9" * key_digits
+    return max(_token_count(tokenizer, passkey_text(0, depth, key)[0]) for depth in (0.0, 1.0)) + key_digits
+
+
 def make_passkey_prompt(tokenizer: Any, length: int, depth: float, key: str | int) -> PasskeyPrompt:
     """The longest passkey prompt of at most ``length`` tokens with the key at ``depth``.
 
