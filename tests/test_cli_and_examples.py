@@ -53,6 +53,29 @@ def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["base"]["from_cache"] is True
 
 
+def test_demo_on_a_given_checkpoint_and_dataset(tmp_path, tokenizer, capsys):
+    """``--model`` + ``--dataset``: no pretraining; the context is 4x the checkpoint's."""
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                         pad_token_id=tokenizer.pad_token_id)
+    base = tmp_path / "base"
+    AutoModelForCausalLM.from_config(config).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    books = tmp_path / "books"
+    books.mkdir()
+    for index, text in enumerate(read_texts(stdlib_source_files(limit=10))):
+        (books / f"doc{index}.txt").write_text(text)
+    out = tmp_path / "out"
+    assert main(["demo", "--model", str(base), "--dataset", str(books), "--output-dir", str(out),
+                 "--finetune-steps", "2", "--batch-size", "1", "--eval-tokens", "1200", "--passkey-trials", "1",
+                 "--generate-tokens", "3", "--h2o-prompt-tokens", "300"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["base"] == {"path": str(base), "from_cache": None, "context": 64, "pretrain_losses": []}
+    assert summary["extension"]["target_length"] == 256 and summary["data"] == str(books)
+    assert summary["h2o"]["budget_tokens"] == 75
+    assert "(from the cache)" not in capsys.readouterr().out
+
+
 def test_demo_rejects_bad_settings(tmp_path):
     for bad in (["--finetune-steps", "0"], ["--h2o-budget", "1.5"], ["--target-length", "8"]):
         with pytest.raises(SystemExit) as exit_info:
