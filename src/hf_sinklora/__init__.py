@@ -6,9 +6,7 @@ Importing the package registers ``attn_implementation="sf_attention"`` and
 imported on first use, so peft and trl load only when needed.
 """
 
-import importlib
-from typing import Any
-
+from ._lazy import lazy_getattr
 from .attention import SFAttentionConfig, configure_sf_attention
 from .attention import register as _register_attention
 from .cache import H2OCache
@@ -44,11 +42,7 @@ __all__ = [
 ]
 __all__ += sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name], __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)
 
 
 def __dir__() -> list[str]:

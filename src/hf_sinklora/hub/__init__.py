@@ -5,22 +5,17 @@ Names are imported on first use, so ``import hf_sinklora`` does not pull in peft
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
-    "load_model": "loading",
-    "merge_adapter": "loading",
-    "push_adapter": "push",
-    "recipe_record": "card",
-    "render_model_card": "card",
-    "write_model_card": "card",
+    "load_model": ".loading",
+    "merge_adapter": ".loading",
+    "push_adapter": ".push",
+    "recipe_record": ".card",
+    "render_model_card": ".card",
+    "write_model_card": ".card",
 }
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)

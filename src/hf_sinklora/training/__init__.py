@@ -5,28 +5,23 @@ Names are imported on first use, so ``import hf_sinklora`` does not pull in peft
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_getattr
 
 _LAZY = {
-    "extend_context": "rope",
-    "rope_factor": "rope",
-    "sinklora_lora_config": "lora",
-    "find_trainable_modules": "lora",
-    "TrainableModules": "lora",
-    "load_sft_dataset": "data",
-    "to_sft_format": "data",
-    "SinkLoRATrainer": "trainer",
-    "save_sinklora_files": "trainer",
-    "TrainSettings": "recipe",
-    "run_training": "recipe",
-    "build_trainer": "recipe",
+    "extend_context": ".rope",
+    "rope_factor": ".rope",
+    "sinklora_lora_config": ".lora",
+    "find_trainable_modules": ".lora",
+    "TrainableModules": ".lora",
+    "load_sft_dataset": ".data",
+    "to_sft_format": ".data",
+    "SinkLoRATrainer": ".trainer",
+    "save_sinklora_files": ".trainer",
+    "TrainSettings": ".recipe",
+    "run_training": ".recipe",
+    "build_trainer": ".recipe",
 }
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+__getattr__ = lazy_getattr(__name__, _LAZY)
