@@ -163,3 +163,14 @@ def test_loading_picks_the_adapter_tokenizer_and_dtype(checkpoint, tmp_path):
     assert model.config._attn_implementation == "sf_attention" and len(tokenizer) == model.config.vocab_size
     with pytest.raises(ValueError, match="dtype"):
         load_for_eval(str(checkpoint / "base"), dtype="float8")
+
+
+def test_adapter_directory_errors_name_what_is_missing(checkpoint):
+    """An adapter saved from an unnamed base cannot be loaded alone (``--adapter`` on ``--model`` can);
+    ``base_model=`` only applies to adapter directories."""
+    import hf_sinklora
+
+    with pytest.raises(ValueError, match="no base_model_name_or_path"):
+        load_for_eval(str(checkpoint / "adapter"), device="cpu")
+    with pytest.raises(ValueError, match="not an adapter directory"):
+        hf_sinklora.load_model(checkpoint / "base", base_model=checkpoint / "base")
