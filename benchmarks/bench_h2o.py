@@ -62,6 +62,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 from transformers.cache_utils import Cache
 
 from hf_sinklora import H2OCache
+from hf_sinklora.cache import H2OPolicy
 from hf_sinklora.cache.timing import cache_kv_bytes
 
 logger = logging.getLogger("bench_h2o")
@@ -101,11 +102,11 @@ class Method:
     def make_cache(self, n: int, config: Any) -> Cache:
         if self.kind == BASELINE:
             return DynamicCache(config=config)
-        budget = max(5, round(self.fraction * n))
+        budget = self.budget_tokens(n)
         return {"h2o": H2OCache, "streaming": H2OCache.streaming_llm, "recent": H2OCache.recent_window}[self.kind](budget)
 
     def budget_tokens(self, n: int) -> int | None:
-        return None if self.kind == BASELINE else max(5, round(self.fraction * n))
+        return None if self.kind == BASELINE else H2OPolicy(budget=float(self.fraction)).budget_for(n)
 
 
 def methods_for(settings: Settings) -> list[Method]:
@@ -164,7 +165,7 @@ def run_method(method: Method, model: torch.nn.Module, prompt: torch.Tensor, set
         logits = model(prompt[:, start : start + chunk], cache=cache).logits
     synchronize(settings.device)
     prefill_s = time.perf_counter() - started
-    cache.update = type(cache).update.__get__(cache)  # stop recording: decode steps are timed bare
+    del cache.update  # stop recording (back to the class method): decode steps are timed bare
     token = logits[:, -1:].argmax(-1)
     latencies = []
     for _ in range(settings.warmup_steps + settings.decode_steps):

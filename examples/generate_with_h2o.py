@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 import hf_sinklora  # noqa: F401  (registers attn_implementation="sf_attention")
 from hf_sinklora import H2OCache
-from hf_sinklora.cache import timed_generate
+from hf_sinklora.cache import H2OPolicy, timed_generate
 
 logger = logging.getLogger("generate_with_h2o")
 
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> dict:
     input_ids = tokenizer(text, return_tensors="pt").input_ids[:, : args.prompt_tokens].to(args.device)
     budget = args.budget
     if isinstance(budget, float) and args.prefill_chunk_size:
-        budget = max(args.sink_tokens + 1, round(budget * input_ids.shape[1]))  # chunked prefill needs an int
+        # chunked prefill needs an int: the policy's own rule for a fraction of the prompt
+        budget = H2OPolicy(budget=budget, num_sink_tokens=args.sink_tokens).budget_for(input_ids.shape[1])
     options = dict(max_new_tokens=args.max_new_tokens, do_sample=False, prefill_chunk_size=args.prefill_chunk_size,
                    pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
 

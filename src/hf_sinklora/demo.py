@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoTokenizer, DynamicCache
 
-from .cache import H2OCache, timed_generate
+from .cache import H2OCache, H2OPolicy, timed_generate
 from .data.local_corpus import chunk_token_ids, read_texts, stdlib_source_files
 from .evaluation import minimum_prompt_length, passkey_accuracy, perplexity, tokenize_documents
 from .experiment.base_model import BaseModelRecipe, cached_base_model
@@ -171,7 +171,7 @@ def _h2o_comparison(model: Any, tokenizer: Any, texts: list[str], settings: Demo
     # long enough for eviction to pay off; beyond the trained context only speed and memory mean much
     prompt_tokens = settings.h2o_prompt_tokens or 16 * target
     ids = torch.cat(tokenize_documents(tokenizer, texts, max_tokens=prompt_tokens))[:prompt_tokens][None]
-    budget = max(settings.sink_tokens + 1, round(settings.h2o_budget * ids.shape[1]))
+    budget = H2OPolicy(budget=float(settings.h2o_budget), num_sink_tokens=settings.sink_tokens).budget_for(ids.shape[1])
     options = dict(max_new_tokens=settings.generate_tokens, do_sample=False, prefill_chunk_size=target,
                    pad_token_id=tokenizer.pad_token_id)
     full = timed_generate(model, ids, DynamicCache(config=model.config), **options)

@@ -87,7 +87,8 @@ class SFAttentionConfig:
         return math.ceil(num_query_heads * self.shifted_head_ratio - _EPS)
 
 
-def _config_of(model_or_config: Any) -> Any:
+def config_of(model_or_config: Any) -> Any:
+    """The config of a model, or the config itself; ``TypeError`` for anything else."""
     config = getattr(model_or_config, "config", model_or_config)
     if not hasattr(config, "to_dict"):
         raise TypeError(
@@ -111,7 +112,7 @@ def configure_sf_attention(model_or_config: Any, **params: Any) -> SFAttentionCo
     Raises:
         ValueError: a value is out of range or a key is unknown; the message names it.
     """
-    config = _config_of(model_or_config)
+    config = config_of(model_or_config)
     merged = {**(getattr(config, CONFIG_ATTRIBUTE, None) or {}), **params}
     settings = SFAttentionConfig.from_dict(merged)
     stored = settings.to_dict()

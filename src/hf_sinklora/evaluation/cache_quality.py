@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 
-from ..cache import H2OCache
+from ..cache import H2OCache, H2OPolicy
 from .loading import model_device
 
 logger = logging.getLogger(__name__)
@@ -141,7 +141,7 @@ def cache_budget_sweep(
 
 
 def _budget_tokens(fraction: float, length: int) -> int:
-    return max(5, round(fraction * length))  # >= num_sink_tokens + 1 of the default policies
+    return H2OPolicy(budget=float(fraction)).budget_for(length)  # >= num_sink_tokens + 1 of the default policies
 
 
 def plot_cache_sweep(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:

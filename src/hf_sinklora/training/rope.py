@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..attention.config import config_of
+
 logger = logging.getLogger(__name__)
 
 # Rope types whose frequencies are the plain RoPE ones up to a division by ``factor``.
@@ -24,12 +26,7 @@ _SCALING_KEYS = ("type", "rope_type", "factor", "short_factor", "long_factor", "
 
 
 def _text_config(model_or_config: Any) -> Any:
-    config = getattr(model_or_config, "config", model_or_config)
-    if not hasattr(config, "to_dict"):
-        raise TypeError(
-            "model_or_config must be a transformers model or PreTrainedConfig, "
-            f"got {type(model_or_config).__name__}"
-        )
+    config = config_of(model_or_config)
     get_text_config = getattr(config, "get_text_config", None)
     return get_text_config() if callable(get_text_config) else config
 
