@@ -43,14 +43,15 @@ from typing import Any
 
 import torch
 from bench_common import DEFAULT_OUTPUT_DIR, environment
+from datasets import Dataset
 from transformers import AutoTokenizer
 
 from hf_sinklora import extend_context, load_model
 from hf_sinklora.data.local_corpus import chunk_token_ids
 from hf_sinklora.evaluation import cache_budget_sweep, perplexity, plot_cache_sweep, tokenize_documents
 from hf_sinklora.experiment.base_model import BaseModelRecipe, cached_base_model
-from hf_sinklora.experiment.corpus import load_books
-from hf_sinklora.experiment.extension import TRAINING_ATTENTION, ExtensionRecipe, extend_model
+from hf_sinklora.data.sources import load_books
+from hf_sinklora.training.recipe import ATTENTION_IMPLEMENTATIONS, TrainSettings, run_training
 
 logger = logging.getLogger("reproduce_paper")
 
@@ -97,7 +98,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
     left.axhline(document["no_finetuning"]["ppl"][target], color="red", linestyle="--", label="no fine-tuning (interpolated)")
     left.axhline(document["base"]["ppl"][str(document["settings"]["base_context"])], color="grey", linestyle=":",
                  label=f"base at its own context {document['settings']['base_context']}")
-    left.set_xticks(range(len(methods)), [f"{m}\n({TRAINING_ATTENTION[m]})" for m in methods])
+    left.set_xticks(range(len(methods)), [f"{m}\n({ATTENTION_IMPLEMENTATIONS[m]})" for m in methods])
     left.set_ylabel(f"held-out perplexity at {target} tokens (full attention)")
     low = min(min(r["ppl"][target] for r in runs), document["base"]["ppl"][str(document["settings"]["base_context"])])
     left.set_ylim(low * 0.95, document["no_finetuning"]["ppl"][target] * 1.03)
@@ -150,17 +151,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for seed in args.seeds:
         for method in args.methods:
-            extension = ExtensionRecipe(
-                target_length=target, steps=args.finetune_steps, batch_size=args.batch_size, learning_rate=args.lr,
-                group_size_ratio=args.group_size_ratio, shifted_head_ratio=args.shifted_head_ratio,
-                num_sink_tokens=args.sink_tokens, seed=seed,
+            settings = TrainSettings(
+                model=str(base_path), dataset="training books", target_length=target, attention=method,
+                output_dir=str(args.work_dir / f"{method}-seed{seed}"), max_steps=args.finetune_steps,
+                batch_size=args.batch_size, lr=args.lr, group_size_ratio=args.group_size_ratio,
+                shifted_head_ratio=args.shifted_head_ratio, sink_tokens=args.sink_tokens, seed=seed,
+                logging_steps=max(1, args.finetune_steps // 10), save_steps=0, gradient_checkpointing=False,
+                disable_tqdm=True,
             )
             run_started = time.perf_counter()
-            trained = extend_model(base_path, rows, method, extension, args.work_dir / f"{method}-seed{seed}",
-                                   dataset_name="training books", progress=False)
+            trained = run_training(settings, train_dataset=Dataset.from_dict({"input_ids": rows}))
             ppl = evaluate(load_model(trained["output_dir"]), documents, lengths)
             runs.append({"method": method, "seed": seed, "ppl": ppl, "losses": trained["losses"],
-                         "train_seconds": trained["train_seconds"], "seconds": time.perf_counter() - run_started,
+                         "train_seconds": trained["seconds"], "seconds": time.perf_counter() - run_started,
                          "adapter": trained["output_dir"]})
             logger.info("%-4s seed %d: ppl@%d %.2f (ppl@%d %.2f), %.0f s", method, seed, target, ppl[str(target)],
                         args.base_context, ppl[str(args.base_context)], runs[-1]["seconds"])
@@ -245,9 +248,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=Path("runs/reproduce_paper"), help="adapters go here")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.methods) - set(TRAINING_ATTENTION))
+    unknown = sorted(set(args.methods) - set(ATTENTION_IMPLEMENTATIONS))
     if unknown or "full" not in args.methods:
-        parser.error(f"--methods must include full and come from {sorted(TRAINING_ATTENTION)}; unknown {unknown}")
+        parser.error(f"--methods must include full and come from {sorted(ATTENTION_IMPLEMENTATIONS)}; unknown {unknown}")
     return args
 
 

@@ -37,10 +37,11 @@ def recipe_workspace(tmp_path_factory):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from hf_sinklora.data.local_corpus import read_texts, stdlib_source_files, train_bpe_tokenizer
+    from hf_sinklora.data.local_corpus import stdlib_source_files, train_bpe_tokenizer
+    from hf_sinklora.data.sources import load_texts
 
     root = tmp_path_factory.mktemp("recipe")
-    texts = [t for t in read_texts(stdlib_source_files(limit=30)) if len(t) > 3000]
+    texts = [t for t in load_texts(stdlib_source_files(limit=30)) if len(t) > 3000]
     tokenizer = train_bpe_tokenizer(texts[:10], vocab_size=400)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

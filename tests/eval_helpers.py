@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
 import hf_sinklora  # noqa: F401  (registers sf_attention)
-from hf_sinklora.data.local_corpus import read_texts, stdlib_source_files, train_bpe_tokenizer
+from hf_sinklora.data.local_corpus import stdlib_source_files, train_bpe_tokenizer
+from hf_sinklora.data.sources import load_texts
 
 
 def english_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
@@ -18,7 +19,7 @@ def english_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         + "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 20
         + "\nThe pass key is 12345. Remember it. 12345 is the pass key.\nWhat is the pass key? The pass key is"
     )
-    return train_bpe_tokenizer(read_texts(stdlib_source_files(limit=8)) + [english] * 20, vocab_size=vocab_size)
+    return train_bpe_tokenizer(load_texts(stdlib_source_files(limit=8)) + [english] * 20, vocab_size=vocab_size)
 
 
 def tiny_llama(vocab_size: int, seed: int = 0, max_positions: int = 1024) -> torch.nn.Module:

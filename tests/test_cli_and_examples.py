@@ -14,14 +14,14 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 import hf_sinklora
 from hf_sinklora.cli import main
 from hf_sinklora.data import chunk_token_ids, stdlib_source_files, train_bpe_tokenizer
-from hf_sinklora.data.local_corpus import read_texts
+from hf_sinklora.data.sources import load_texts
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return train_bpe_tokenizer(read_texts(stdlib_source_files(limit=12)), vocab_size=400)
+    return train_bpe_tokenizer(load_texts(stdlib_source_files(limit=12)), vocab_size=400)
 
 
 def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
@@ -63,7 +63,7 @@ def test_demo_on_a_given_checkpoint_and_dataset(tmp_path, tokenizer, capsys):
     tokenizer.save_pretrained(base)
     books = tmp_path / "books"
     books.mkdir()
-    for index, text in enumerate(read_texts(stdlib_source_files(limit=10))):
+    for index, text in enumerate(load_texts(stdlib_source_files(limit=10))):
         (books / f"doc{index}.txt").write_text(text)
     out = tmp_path / "out"
     assert main(["demo", "--model", str(base), "--dataset", str(books), "--output-dir", str(out),
@@ -96,7 +96,7 @@ def test_finetune_example_runs_on_a_local_checkpoint(tmp_path, tokenizer, monkey
     AutoModelForCausalLM.from_config(config).save_pretrained(base)
     tokenizer.save_pretrained(base)
     text = tmp_path / "text.txt"
-    text.write_text("\n".join(read_texts(stdlib_source_files(limit=3))))
+    text.write_text("\n".join(load_texts(stdlib_source_files(limit=3))))
     out = tmp_path / "out"
     argv = ["finetune_sf_attention.py", "--model", str(base), "--text-files", str(text), "--seq-len", "64",
             "--max-steps", "3", "--sink-tokens", "2", "--output-dir", str(out)]

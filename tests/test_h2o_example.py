@@ -11,13 +11,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from hf_sinklora.cache import timed_generate
 from hf_sinklora.data import stdlib_source_files, train_bpe_tokenizer
-from hf_sinklora.data.local_corpus import read_texts
+from hf_sinklora.data.sources import load_texts
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generate_with_h2o.py"
 
 
 def test_generate_with_h2o_example(tmp_path, capsys):
-    texts = read_texts(stdlib_source_files(limit=6))
+    texts = load_texts(stdlib_source_files(limit=6))
     tokenizer = train_bpe_tokenizer(texts, vocab_size=400)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,

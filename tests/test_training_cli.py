@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 
 import pytest
 from transformers import AutoConfig
 
-from hf_sinklora.cli import main
-from hf_sinklora.training.cli import add_train_parser, settings_from_args
+from hf_sinklora.cli import apply_config_file, build_parser, main
+from hf_sinklora.training.cli import settings_from_args
 from hf_sinklora.training.recipe import TrainSettings
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser()
-    add_train_parser(parser.add_subparsers(dest="command"))
-    return parser.parse_args(["train", *argv])
+    parser = build_parser()
+    return parser.parse_args(apply_config_file(parser, ["train", *argv]))
 
 
 def test_yaml_config_with_flag_overrides(tmp_path):
@@ -37,8 +35,21 @@ def test_json_config_and_defaults(tmp_path):
     assert (settings.group_size_ratio, settings.sink_tokens, settings.lr) == (0.25, 4, 2e-4)
 
 
+def test_flags_take_both_spellings_and_attention_choices():
+    settings = settings_from_args(_parse(["--model", "m", "--dataset", "d", "--target_length", "64",
+                                          "--output-dir", "o", "--attention", "s2", "--save-steps", "0"]))
+    assert (settings.target_length, settings.attention, settings.save_steps) == (64, "s2", 0)
+
+
+def test_settings_validate_in_python_too():
+    with pytest.raises(ValueError, match="attention must be one of"):
+        TrainSettings(model="m", dataset="d", target_length=64, output_dir="o", attention="flash")
+    with pytest.raises(ValueError, match="num_sink_tokens must be an int >= 0"):
+        TrainSettings(model="m", dataset="d", target_length=64, output_dir="o", sink_tokens=-1)
+
+
 @pytest.mark.parametrize("argv,message", [
-    (["--dataset", "d", "--target-length", "512", "--output-dir", "o"], "model is required"),
+    (["--dataset", "d", "--target-length", "512", "--output-dir", "o"], "the following arguments are required: --model"),
     (["--model", "m", "--dataset", "d", "--target-length", "4", "--output-dir", "o"],
      "target_length must be an int >= 8"),
     (["--model", "m", "--dataset", "d", "--target-length", "512", "--output-dir", "o", "--max-steps", "0"],
@@ -46,7 +57,9 @@ def test_json_config_and_defaults(tmp_path):
     (["--model", "m", "--dataset", "d", "--target-length", "512", "--output-dir", "o", "--lr", "0"],
      r"lr must be a number in \(0, 1\)"),
     (["--model", "m", "--dataset", "d", "--target-length", "512", "--output-dir", "o", "--dtype", "fp8"],
-     "dtype must be one of"),
+     "argument --dtype: invalid choice: 'fp8'"),
+    (["--model", "m", "--dataset", "d", "--target-length", "512", "--output-dir", "o", "--attention", "x"],
+     "argument --attention: invalid choice: 'x'"),
 ])
 def test_bad_flags_exit_with_a_message(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -57,10 +70,11 @@ def test_bad_flags_exit_with_a_message(argv, message, capsys):
 
 def test_bad_config_files(tmp_path, capsys):
     unknown = tmp_path / "bad.json"
-    unknown.write_text(json.dumps({"model": "m", "learning_rate": 1e-4}))
+    unknown.write_text(json.dumps({"model": "m", "dataset": "d", "target_length": 64, "output_dir": "o",
+                                   "learning_rate": 1e-4}))
     with pytest.raises(SystemExit):
         main(["train", "--config", str(unknown)])
-    assert "unknown setting(s) ['learning_rate']" in capsys.readouterr().err
+    assert "unknown setting(s) ['learning_rate'] in --config for 'train'" in capsys.readouterr().err
     toml = tmp_path / "run.toml"
     toml.write_text("model = 'm'")
     with pytest.raises(SystemExit):

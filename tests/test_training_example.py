@@ -18,6 +18,7 @@ from huggingface_hub import ModelCard
 from peft import PeftModel
 
 import hf_sinklora
+from hf_sinklora.training.recipe import TrainSettings, build_trainer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -36,6 +37,26 @@ def test_example_runs_as_documented(recipe_workspace, tmp_path, monkeypatch):
     assert isinstance(model, PeftModel)
     assert model.config.sf_attention["num_sink_tokens"] == 3 and model.config.rope_parameters["factor"] == 5.0
     assert "sinklora" in ModelCard.load(out / "README.md").data.tags
+
+
+def test_example_builds_the_recipes_trainer(recipe_workspace, tmp_path):
+    """The copy-me script and ``hf-sinklora train`` (``build_trainer``) must not drift apart."""
+    example = runpy.run_path(str(EXAMPLES / "train_sinklora.py"))
+    out = tmp_path / "out"
+    from_example = example["build_trainer"](example["parse_args"](_example_args(recipe_workspace, out)))
+    from_recipe = build_trainer(TrainSettings(
+        model=str(recipe_workspace["base"]), dataset=str(recipe_workspace["train"]), target_length=320,
+        output_dir=str(out), max_steps=3, batch_size=2, gradient_accumulation_steps=1, logging_steps=1,
+    ))
+    assert from_example.args.to_dict() == from_recipe.args.to_dict()
+
+    def trainable(trainer):
+        return {name: tuple(p.shape) for name, p in trainer.model.named_parameters() if p.requires_grad}
+
+    assert trainable(from_example) == trainable(from_recipe) and trainable(from_recipe)
+    assert from_example.model.config.to_dict() == from_recipe.model.config.to_dict()
+    assert from_example.dataset_names == from_recipe.dataset_names
+    assert len(from_example.train_dataset) == len(from_recipe.train_dataset)
 
 
 def _free_port() -> int:

@@ -17,8 +17,8 @@ __version__ = "0.1.0.dev0"
 _register_attention()
 
 _LAZY = {
-    "extend_context": ".training.rope",
-    "rope_factor": ".training.rope",
+    "extend_context": ".rope",
+    "rope_factor": ".rope",
     "sinklora_lora_config": ".training.lora",
     "find_trainable_modules": ".training.lora",
     "load_sft_dataset": ".training.data",

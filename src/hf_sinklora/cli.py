@@ -1,4 +1,9 @@
-"""``hf-sinklora`` command line."""
+"""``hf-sinklora`` command line.
+
+Sub-commands whose options are a settings dataclass (``demo``, ``train``) get their flags from
+transformers' ``HfArgumentParser``. ``--config FILE`` (YAML or JSON, keys named like the flags)
+turns the file's values into the sub-command's defaults, so flags given too override the file.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,23 @@ import argparse
 import dataclasses
 import logging
 import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from transformers import HfArgumentParser
 
 from .demo import DemoSettings, format_summary, run_demo
 from .evaluation.cli import add_eval_parsers
 from .training.cli import add_train_parser
 
 
-_FIELD_TYPES = {"int": int, "float": float, "str": str}
-
-
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo", help="pretrain (or load) a base, extend its context 4x with SinkLoRA, evaluate, generate with H2O"
+        "demo", dataclass_types=[DemoSettings],
+        help="pretrain (or load) a base, extend its context 4x with SinkLoRA, evaluate, generate with H2O",
     )
-    for field in dataclasses.fields(DemoSettings):
-        flag = "--" + field.name.replace("_", "-")
-        help_text = field.metadata.get("help", "")
-        if field.type == "list[str]":
-            parser.add_argument(flag, nargs="+", default=[], help=help_text)
-            continue
-        kind = _FIELD_TYPES[field.type.replace(" | None", "")]
-        if "default" not in help_text:
-            help_text = f"{help_text} (default: {field.default})"
-        parser.add_argument(flag, type=kind, default=field.default, help=help_text)
     parser.set_defaults(handler=_run_demo)
 
 
@@ -39,14 +38,64 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-sinklora`` parser with every sub-command (each an ``HfArgumentParser``)."""
     parser = argparse.ArgumentParser(prog="hf-sinklora", description="SinkLoRA for the Hugging Face stack")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
-    subparsers = parser.add_subparsers(dest="command", required=True)
+    subparsers = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     _add_demo(subparsers)
     add_eval_parsers(subparsers)
     add_train_parser(subparsers)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ValueError(f"--config file {path} does not exist")
+    if path.suffix.lower() not in (".yaml", ".yml", ".json"):
+        raise ValueError(f"--config must be a .yaml, .yml or .json file, got {path.name}")
+    values = yaml.safe_load(path.read_text()) or {}  # JSON is YAML
+    if not isinstance(values, dict):
+        raise ValueError(f"--config file {path} must hold a mapping of settings, got {type(values).__name__}")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Takes ``--config FILE`` out of ``argv`` and makes the file's values the defaults of the
+    sub-command named in ``argv`` (no longer required, still overridden by flags).
+
+    Raises:
+        ValueError: a missing or unreadable file, or keys the sub-command does not take.
+    """
+    if "--config" not in argv:
+        return argv
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        raise ValueError("--config needs a file name")
+    values = _read_config_file(Path(argv[index + 1]))
+    argv = argv[:index] + argv[index + 2 :]
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((arg for arg in argv if arg in subparsers.choices), None)
+    if command is None:
+        raise ValueError("--config goes with a sub-command, e.g. hf-sinklora train --config run.yaml")
+    actions = {action.dest: action for action in subparsers.choices[command]._actions}
+    unknown = sorted(set(values) - set(actions) - {"help", "config", "handler"})
+    if unknown:
+        raise ValueError(f"unknown setting(s) {unknown} in --config for {command!r}; "
+                         f"allowed: {sorted(set(actions) - {'help', 'config'})}")
+    for key, value in values.items():
+        actions[key].default = value
+        actions[key].required = False
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(apply_config_file(parser, argv))
+    except ValueError as error:
+        parser.exit(2, f"hf-sinklora: error: {error}\n")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)

@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, DynamicCache
 
 from .cache import H2OCache, H2OPolicy, timed_generate
-from .data.local_corpus import chunk_token_ids, read_texts, stdlib_source_files
+from .data.local_corpus import chunk_token_ids, stdlib_source_files
+from .data.sources import load_books, load_texts
 from .evaluation import minimum_prompt_length, passkey_accuracy, perplexity, tokenize_documents
 from .experiment.base_model import BaseModelRecipe, cached_base_model
-from .experiment.corpus import load_books
-from .experiment.extension import ExtensionRecipe, extend_model
 from .hub.loading import load_model
-from .training.rope import extend_context
+from .rope import extend_context
+from .training.recipe import TrainSettings, run_training
 
 logger = logging.getLogger(__name__)
 HELD_OUT_FILES = 12  # the last stdlib files (by name) are never trained on
@@ -79,6 +80,17 @@ def demo_base_recipe(settings: DemoSettings) -> BaseModelRecipe:
                            learning_rate=3e-3, seed=settings.seed)
 
 
+def demo_train_settings(settings: DemoSettings, base_path: str | Path, data_name: str, target: int,
+                        adapter_dir: Path) -> TrainSettings:
+    """The recipe's settings for the demo's extension: SF-Attn LoRA+ on rows of ``target`` tokens."""
+    return TrainSettings(
+        model=str(base_path), dataset=data_name, target_length=target, output_dir=str(adapter_dir), attention="sf",
+        max_steps=settings.finetune_steps, batch_size=settings.batch_size, lr=settings.learning_rate,
+        group_size_ratio=settings.group_size_ratio, sink_tokens=settings.sink_tokens, seed=settings.seed,
+        logging_steps=max(1, settings.finetune_steps // 10), save_steps=0, gradient_checkpointing=False,
+    )
+
+
 def _texts(settings: DemoSettings) -> tuple[list[str], list[str], str]:
     """(train texts, held-out texts, name of the data)."""
     if settings.dataset:
@@ -90,7 +102,7 @@ def _texts(settings: DemoSettings) -> tuple[list[str], list[str], str]:
         return books[:-held], books[-held:], ", ".join(settings.dataset)
     files = stdlib_source_files()
     train = files[:-HELD_OUT_FILES][: settings.corpus_files]
-    return read_texts(train), read_texts(files[-HELD_OUT_FILES:]), "Python standard library sources"
+    return load_texts(train), load_texts(files[-HELD_OUT_FILES:]), "Python standard library sources"
 
 
 def _stage(number: int, text: str) -> None:
@@ -125,11 +137,11 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         raise ValueError(f"the training text holds fewer than target_length={target} tokens")
 
     _stage(2, f"extending the context {target / base_context:g}x ({base_context} -> {target}) with SinkLoRA")
-    extension = ExtensionRecipe(target_length=target, steps=settings.finetune_steps, batch_size=settings.batch_size,
-                                learning_rate=settings.learning_rate, group_size_ratio=settings.group_size_ratio,
-                                num_sink_tokens=settings.sink_tokens, seed=settings.seed)
     adapter_dir = output_dir / "adapter"
-    trained = extend_model(base_path, rows, "sf", extension, adapter_dir, dataset_name=data_name)
+    trained = run_training(
+        demo_train_settings(settings, base_path, data_name, target, adapter_dir),
+        train_dataset=Dataset.from_dict({"input_ids": rows}),
+    )
 
     _stage(3, "perplexity and passkey retrieval, before and after (full attention)")
     before = load_model(base_path)

@@ -11,18 +11,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from .._checks import is_int, is_number
+
 CONFIG_ATTRIBUTE = "sf_attention"
 EVAL_MODES = ("full", "sf")
 BACKENDS = ("auto", "sdpa", "flash_attn")
 _EPS = 1e-9
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -49,14 +43,14 @@ class SFAttentionConfig:
 
     def __post_init__(self) -> None:
         ratio = self.group_size_ratio
-        if not _is_number(ratio) or not 0 < ratio <= 1:
+        if not is_number(ratio) or not 0 < ratio <= 1:
             raise ValueError(f"group_size_ratio must be a number in (0, 1], got {ratio!r}")
-        if self.group_size is not None and (not _is_int(self.group_size) or self.group_size < 1):
+        if self.group_size is not None and (not is_int(self.group_size) or self.group_size < 1):
             raise ValueError(f"group_size must be None or an int >= 1, got {self.group_size!r}")
-        if not _is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:
+        if not is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:
             raise ValueError(f"num_sink_tokens must be an int >= 0, got {self.num_sink_tokens!r}")
         shifted = self.shifted_head_ratio
-        if not _is_number(shifted) or not 0 <= shifted <= 1:
+        if not is_number(shifted) or not 0 <= shifted <= 1:
             raise ValueError(f"shifted_head_ratio must be a number in [0, 1], got {shifted!r}")
         if self.eval_mode not in EVAL_MODES:
             raise ValueError(f"eval_mode must be one of {EVAL_MODES}, got {self.eval_mode!r}")

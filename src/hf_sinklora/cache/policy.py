@@ -4,13 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+from .._checks import is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -33,11 +27,11 @@ class H2OPolicy:
     num_sink_tokens: int = 4
 
     def __post_init__(self) -> None:
-        if not _is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:
+        if not is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:
             raise ValueError(f"num_sink_tokens must be an int >= 0, got {self.num_sink_tokens!r}")
-        if not _is_number(self.recent_ratio) or not 0 <= self.recent_ratio <= 1:
+        if not is_number(self.recent_ratio) or not 0 <= self.recent_ratio <= 1:
             raise ValueError(f"recent_ratio must be a number in [0, 1], got {self.recent_ratio!r}")
-        if _is_int(self.budget):
+        if is_int(self.budget):
             if self.budget < self.num_sink_tokens + 1:
                 raise ValueError(
                     f"budget must be an int >= num_sink_tokens + 1 = {self.num_sink_tokens + 1} "

@@ -25,10 +25,6 @@ def stdlib_source_files(limit: int | None = None) -> list[Path]:
     return files[:limit] if limit else files
 
 
-def read_texts(files: Iterable[Path]) -> list[str]:
-    return [Path(f).read_text(encoding="utf-8", errors="replace") for f in files]
-
-
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
     """Trains a byte-level BPE tokenizer on ``texts`` and wraps it for transformers.
 

@@ -11,7 +11,7 @@ from .passkey import DEFAULT_DEPTHS, greedy_answer, passkey_accuracy
 from .passkey_prompt import PasskeyPrompt, extract_key, make_passkey_prompt, minimum_prompt_length
 from .perplexity import PerplexityResult, as_documents, evaluate_perplexity, perplexity, tokenize_documents
 from .report import format_cache_sweep_table, format_passkey_table, format_perplexity_table, write_json
-from .texts import load_texts
+from ..data.sources import load_texts
 from .windows import Window, plan_windows
 
 __all__ = [

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .loading import DTYPES
+from .._checks import DTYPE_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def _float_list(text: str) -> list[float]:
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model path or hub id")
     parser.add_argument("--adapter", default=None, help="peft adapter (path or hub id) loaded on top of --model")
-    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (default: auto)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES, help="weights dtype (default: auto)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     parser.add_argument("--attn-implementation", default="sf_attention",
                         help="attention implementation (default: sf_attention, full causal in eval mode)")
@@ -46,7 +46,7 @@ def _run_eval_ppl(args: argparse.Namespace) -> int:
     from .loading import load_for_eval
     from .perplexity import evaluate_perplexity
     from .report import format_perplexity_table, write_json
-    from .texts import load_texts
+    from ..data.sources import load_texts
 
     texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
     if args.join_documents:
@@ -102,7 +102,7 @@ def _run_eval_h2o(args: argparse.Namespace) -> int:
     from .loading import load_for_eval
     from .perplexity import tokenize_documents
     from .report import format_cache_sweep_table, write_json
-    from .texts import load_texts
+    from ..data.sources import load_texts
 
     texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
     model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,

@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
+from .._checks import torch_dtype
+
 logger = logging.getLogger(__name__)
 
-DTYPES = {"auto": "auto", "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
 
 
@@ -69,12 +70,8 @@ def load_for_eval(
 
     from ..hub.loading import load_model
 
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    import hf_sinklora  # noqa: F401  (registers sf_attention / s2_attention)
-
     target = resolve_device(device)
-    kwargs = dict(dtype=DTYPES[dtype], attn_implementation=attn_implementation)
+    kwargs = dict(dtype=torch_dtype(dtype), attn_implementation=attn_implementation)
     if adapter is None:
         loaded = load_model(model, **kwargs)
     else:

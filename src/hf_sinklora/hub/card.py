@@ -75,7 +75,7 @@ def recipe_record(
         eval_results: ``huggingface_hub.EvalResult`` objects or dicts with the same fields.
     """
     from ..attention.config import sf_config_from
-    from ..training.rope import rope_factor
+    from ..rope import rope_factor
 
     peft_config = getattr(model, "peft_config", None)
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model

@@ -9,17 +9,17 @@ Everything becomes a format ``trl.SFTTrainer`` trains on directly:
   any chat template (``assistant_only_loss`` would need generation markers in the template).
 * ``prompt`` / ``completion`` -> unchanged (loss on the completion).
 * ``text`` -> unchanged (language modelling: loss on every token).
+* ``input_ids`` (already tokenized) -> unchanged (language modelling on those tokens).
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import datasets
 
-logger = logging.getLogger(__name__)
+from ..data.sources import load_records
 
 PROMPT_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -31,8 +31,7 @@ PROMPT_NO_INPUT = (
     "Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:\n"
 )
-FORMATS = ("longalpaca", "messages", "prompt_completion", "text")
-_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
+FORMATS = ("longalpaca", "messages", "prompt_completion", "text", "tokens")
 
 
 def detect_format(column_names: list[str]) -> str:
@@ -42,6 +41,8 @@ def detect_format(column_names: list[str]) -> str:
         ValueError: naming the fields each format needs, when none matches.
     """
     columns = set(column_names)
+    if "input_ids" in columns:
+        return "tokens"
     if "messages" in columns:
         return "messages"
     if {"prompt", "completion"} <= columns:
@@ -58,7 +59,7 @@ def detect_format(column_names: list[str]) -> str:
         raise ValueError(f"prompt/completion data needs both fields; missing {missing}")
     raise ValueError(
         f"dataset has fields {sorted(columns)}; expected one of: 'instruction'+'output' (+'input') "
-        "(LongAlpaca), 'messages', 'prompt'+'completion', or 'text'"
+        "(LongAlpaca), 'messages', 'prompt'+'completion', 'text', or tokenized 'input_ids'"
     )
 
 
@@ -124,6 +125,8 @@ def to_sft_format(dataset: datasets.Dataset) -> datasets.Dataset:
     if fmt == "prompt_completion":
         _check_prompt_completion(dataset)
         return dataset.select_columns(["prompt", "completion"])
+    if fmt == "tokens":
+        return dataset
     _check_text(dataset)
     return dataset.select_columns(["text"])
 
@@ -157,30 +160,7 @@ def load_sft_dataset(
     elif isinstance(source, datasets.Dataset):
         dataset = source
     elif isinstance(source, (str, Path)):
-        dataset = _load_path_or_hub(source, split, load_kwargs)
+        dataset = load_records(source, split=split, **load_kwargs)
     else:
         raise TypeError(f"source must be a path, hub id, Dataset, DatasetDict or list, got {type(source).__name__}")
     return to_sft_format(dataset)
-
-
-def _load_path_or_hub(source: str | Path, split: str, load_kwargs: dict[str, Any]) -> datasets.Dataset:
-    path = Path(source)
-    if path.is_file():
-        builder = _FILE_BUILDERS.get(path.suffix.lower())
-        if builder is None:
-            raise ValueError(f"dataset file {path} has suffix {path.suffix!r}; allowed: {sorted(_FILE_BUILDERS)}")
-        if path.stat().st_size == 0:
-            raise ValueError(f"dataset file {path} is empty: no training records")
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **load_kwargs)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in _FILE_BUILDERS)
-        if not files:
-            raise ValueError(f"dataset directory {path} holds no {sorted(_FILE_BUILDERS)} files")
-        builders = {_FILE_BUILDERS[p.suffix.lower()] for p in files}
-        if len(builders) > 1:
-            raise ValueError(f"dataset directory {path} mixes file types {sorted(builders)}; use one kind")
-        return datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train", **load_kwargs)
-    if str(source).startswith((".", "/")) or path.suffix.lower() in _FILE_BUILDERS:
-        raise ValueError(f"dataset path {source} does not exist")
-    logger.info("loading dataset %s (split %s) with datasets.load_dataset", source, split)
-    return datasets.load_dataset(str(source), split=split, **load_kwargs)

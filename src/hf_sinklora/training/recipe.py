@@ -7,38 +7,56 @@ RoPE interpolation, set the SF-Attn settings, wrap it with the LoRA+ config and 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from .._checks import DTYPE_NAMES, is_int, is_number, torch_dtype
+from ..attention.config import SFAttentionConfig
 
 logger = logging.getLogger(__name__)
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_IMPLEMENTATIONS = {"sf": "sf_attention", "s2": "s2_attention", "full": "sdpa"}
+"""Training attention of ``TrainSettings.attention``: SF-Attn, S2-Attn (the ablation, no sinks), full causal."""
 
 
 def _opt(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _required(help: str) -> Any:
+    return field(metadata={"help": help + " (required)"})
+
+
 @dataclass
 class TrainSettings:
-    """Settings of one training run (the CLI flags and config-file keys have these names)."""
+    """Settings of one training run: the ``train`` CLI flags and config-file keys have these names.
 
-    model: str = _opt(None, "base model: hub id or local directory (required)")
-    dataset: str = _opt(None, "training data: .json/.jsonl/.csv/.parquet file, directory or datasets hub id (required)")
-    target_length: int = _opt(None, "context length to reach; also SFTConfig.max_length (required)")
-    output_dir: str = _opt(None, "where the adapter, checkpoints and card go (required)")
+    Every caller of the recipe (the CLI, the demo, the benchmarks) builds one of these and
+    hands it to :func:`build_trainer` / :func:`run_training`. Invalid values raise
+    ``ValueError`` naming the setting, when the object is built.
+    """
+
+    model: str = _required("base model: hub id or local directory")
+    dataset: str = _required("training data: .json/.jsonl/.csv/.parquet file, directory or datasets hub id "
+                             "(with train_dataset= in Python: only the name the card shows)")
+    target_length: int = _required("context length to reach; also SFTConfig.max_length")
+    output_dir: str = _required("where the adapter, checkpoints and card go")
+    attention: Literal["sf", "s2", "full"] = _opt(
+        "sf", "attention while training: sf (SF-Attn), s2 (S2-Attn, no sinks; ablation) or full (causal SDPA)")
     max_steps: int = _opt(-1, "optimizer steps; -1 trains --epochs epochs")
     epochs: float = _opt(1.0, "epochs when --max-steps is -1")
     packing: bool = _opt(False, "pack examples into rows of --target-length tokens (padding-free, per-segment SF-Attn)")
-    lr: float = _opt(2e-4, "learning rate")
+    lr: float = _opt(2e-4, "peak learning rate")
+    lr_scheduler_type: str = _opt("cosine", "learning-rate schedule (any transformers SchedulerType)")
+    warmup_steps: float = _opt(0.05, "linear warm-up: steps, or a fraction of the run when < 1")
     group_size_ratio: float = _opt(0.25, "SF-Attn group size as a fraction of each sequence, in (0, 1]")
     group_size: int | None = _opt(None, "fixed SF-Attn group size instead of the ratio")
     sink_tokens: int = _opt(4, "SF-Attn sink tokens per sequence (>= 0)")
+    shifted_head_ratio: float = _opt(0.5, "fraction of heads whose groups are shifted by half a group, in [0, 1]")
     push_to_hub: str | None = _opt(None, "Hub repo id to push the adapter and card to at the end")
     resume: bool = _opt(False, "resume from the latest checkpoint in --output-dir (starts fresh if there is none)")
     dataset_split: str = _opt("train", "split of a hub dataset")
@@ -49,52 +67,46 @@ class TrainSettings:
     lora_alpha: int = _opt(16, "LoRA alpha")
     lora_dropout: float = _opt(0.0, "LoRA dropout")
     logging_steps: int = _opt(10, "log every N steps")
-    save_steps: int = _opt(500, "save a checkpoint every N steps")
+    save_steps: int = _opt(500, "save a checkpoint every N steps; 0 saves only the final adapter")
     save_total_limit: int | None = _opt(None, "keep at most N checkpoints")
     gradient_checkpointing: bool = _opt(True, "recompute activations in backward (less memory)")
-    dtype: str = _opt("auto", f"dtype to load the model in, one of {DTYPES}")
+    dtype: Literal[DTYPE_NAMES] = _opt("auto", "dtype to load the model in")
     bf16: bool | None = _opt(None, "bf16 mixed precision (default: on where CUDA supports it)")
     seed: int = _opt(42, "random seed")
     report_to: str = _opt("none", "Trainer report_to (none, tensorboard, wandb, trackio ...)")
+    disable_tqdm: bool = _opt(False, "no progress bars")
 
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrainSettings:
-        """Builds from a (config file) dict; keys may use dashes; unknown keys raise ``ValueError``."""
-        values = {key.replace("-", "_"): value for key, value in values.items()}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}; allowed: {sorted(known)}")
-        for name in ("target_length", "max_steps", "epochs", "lr", "lora_dropout", "group_size_ratio"):
-            if isinstance(values.get(name), str):  # YAML reads "2e-4" as a string
-                try:
-                    values[name] = (float if name in ("epochs", "lr", "lora_dropout", "group_size_ratio") else int)(
-                        values[name])
-                except ValueError:
-                    raise ValueError(f"{name} must be a number, got {values[name]!r}") from None
-        return cls(**values)
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first bad setting."""
         for name in ("model", "dataset", "output_dir"):
-            if not getattr(self, name):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} is required (flag --{name.replace('_', '-')} or config file key {name!r})")
+        positive = ("batch_size", "gradient_accumulation_steps", "logging_steps", "lora_r", "lora_alpha")
         checks = [
-            ("target_length", isinstance(self.target_length, int) and self.target_length >= 8, "an int >= 8"),
-            ("max_steps", isinstance(self.max_steps, int) and (self.max_steps == -1 or self.max_steps >= 1),
+            ("target_length", is_int(self.target_length) and self.target_length >= 8, "an int >= 8"),
+            ("attention", self.attention in ATTENTION_IMPLEMENTATIONS, f"one of {sorted(ATTENTION_IMPLEMENTATIONS)}"),
+            ("max_steps", is_int(self.max_steps) and (self.max_steps == -1 or self.max_steps >= 1),
              "-1 or an int >= 1"),
-            ("epochs", isinstance(self.epochs, (int, float)) and self.epochs > 0, "a number > 0"),
-            ("lr", isinstance(self.lr, (int, float)) and 0 < self.lr < 1, "a number in (0, 1)"),
-            ("batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1"),
-            ("gradient_accumulation_steps",
-             isinstance(self.gradient_accumulation_steps, int) and self.gradient_accumulation_steps >= 1, "an int >= 1"),
-            ("logging_steps", isinstance(self.logging_steps, int) and self.logging_steps >= 1, "an int >= 1"),
-            ("save_steps", isinstance(self.save_steps, int) and self.save_steps >= 1, "an int >= 1"),
-            ("dtype", self.dtype in DTYPES, f"one of {DTYPES}"),
+            ("epochs", is_number(self.epochs) and self.epochs > 0, "a number > 0"),
+            ("lr", is_number(self.lr) and 0 < self.lr < 1, "a number in (0, 1)"),
+            ("warmup_steps", is_number(self.warmup_steps) and self.warmup_steps >= 0, "a number >= 0"),
+            ("lora_dropout", is_number(self.lora_dropout) and 0 <= self.lora_dropout < 1, "a number in [0, 1)"),
+            ("save_steps", is_int(self.save_steps) and self.save_steps >= 0, "an int >= 0"),
+            ("dtype", self.dtype in DTYPE_NAMES, f"one of {DTYPE_NAMES}"),
+            *((name, is_int(getattr(self, name)) and getattr(self, name) >= 1, "an int >= 1") for name in positive),
         ]
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+        SFAttentionConfig(**self.sf_attention_settings())  # its own range checks, named
+
+    def sf_attention_settings(self) -> dict[str, Any]:
+        """The ``configure_sf_attention`` keywords these settings stand for."""
+        return dict(group_size_ratio=self.group_size_ratio, group_size=self.group_size,
+                    num_sink_tokens=self.sink_tokens, shifted_head_ratio=self.shifted_head_ratio)
 
 
 def _dataset_label(source: str) -> str:
@@ -103,46 +115,21 @@ def _dataset_label(source: str) -> str:
     return f"{path.name} (local file)" if path.exists() else source
 
 
-def _torch_dtype(name: str) -> Any:
+def sft_config(settings: TrainSettings) -> Any:
+    """The ``trl.SFTConfig`` of the recipe for ``settings``."""
     import torch
-
-    return "auto" if name == "auto" else getattr(torch, name)
-
-
-def build_trainer(settings: TrainSettings, callbacks: list[Any] | None = None) -> Any:
-    """Model, data, LoRA config and :class:`SinkLoRATrainer` for ``settings`` (nothing trained yet)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig
 
-    from ..attention.config import configure_sf_attention
-    from .data import load_sft_dataset
-    from .lora import sinklora_lora_config
-    from .rope import extend_context
-    from .trainer import SinkLoRATrainer
-
-    settings.validate()
-    set_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(settings.model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        settings.model, attn_implementation="sf_attention", dtype=_torch_dtype(settings.dtype)
-    )
-    extend_context(model, settings.target_length)
-    tokenizer.model_max_length = settings.target_length
-    configure_sf_attention(model, group_size_ratio=settings.group_size_ratio, group_size=settings.group_size,
-                           num_sink_tokens=settings.sink_tokens)
-    train_dataset = load_sft_dataset(settings.dataset, split=settings.dataset_split)
-    eval_dataset = load_sft_dataset(settings.eval_dataset) if settings.eval_dataset else None
     bf16 = settings.bf16
     if bf16 is None:
         bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    args = SFTConfig(
+    return SFTConfig(
         output_dir=settings.output_dir,
         max_steps=settings.max_steps,
         num_train_epochs=settings.epochs,
         learning_rate=settings.lr,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        warmup_steps=settings.warmup_steps,
         per_device_train_batch_size=settings.batch_size,
         per_device_eval_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
@@ -150,34 +137,81 @@ def build_trainer(settings: TrainSettings, callbacks: list[Any] | None = None) -
         packing=settings.packing,
         padding_free=settings.packing,
         logging_steps=settings.logging_steps,
-        save_steps=settings.save_steps,
+        save_strategy="steps" if settings.save_steps else "no",
+        save_steps=settings.save_steps or 500,
         save_total_limit=settings.save_total_limit,
         eval_strategy="no",
         activation_checkpointing=settings.gradient_checkpointing,
         bf16=bf16,
         seed=settings.seed,
         report_to=settings.report_to,
+        disable_tqdm=settings.disable_tqdm,
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+
+
+def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbacks: list[Any] | None = None) -> Any:
+    """Model, data, LoRA+ config and :class:`SinkLoRATrainer` for ``settings`` (nothing trained yet).
+
+    The recipe: load with the training attention, extend the context by linear RoPE
+    interpolation to ``target_length``, set the SF-Attn settings, wrap with LoRA+ and build
+    TRL's trainer on the SFT data.
+
+    Args:
+        train_dataset: an in-memory ``datasets.Dataset`` (any format of
+            :func:`~hf_sinklora.training.data.load_sft_dataset`, tokenized ``input_ids``
+            included) used instead of reading ``settings.dataset``, which then only names it.
+        callbacks: ``transformers.TrainerCallback`` objects for the trainer.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from ..attention.config import configure_sf_attention
+    from ..rope import extend_context
+    from .data import load_sft_dataset
+    from .lora import sinklora_lora_config
+    from .trainer import SinkLoRATrainer
+
+    set_seed(settings.seed)
+    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(
+        settings.model, attn_implementation=ATTENTION_IMPLEMENTATIONS[settings.attention],
+        dtype=torch_dtype(settings.dtype),
+    )
+    extend_context(model, settings.target_length)
+    tokenizer.model_max_length = settings.target_length
+    configure_sf_attention(model, **settings.sf_attention_settings())
+    source = train_dataset if train_dataset is not None else settings.dataset
+    train = load_sft_dataset(source, split=settings.dataset_split)
+    eval_dataset = load_sft_dataset(settings.eval_dataset) if settings.eval_dataset else None
     peft_config = sinklora_lora_config(model, r=settings.lora_r, alpha=settings.lora_alpha,
                                        dropout=settings.lora_dropout)
-    return SinkLoRATrainer(
+    trainer = SinkLoRATrainer(
         model=model,
-        args=args,
-        train_dataset=train_dataset,
+        args=sft_config(settings),
+        train_dataset=train,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=callbacks,
         dataset_names=[_dataset_label(settings.dataset)],
     )
+    logger.info("%s: %s attention, %d trainable parameters, context %d", settings.model,
+                ATTENTION_IMPLEMENTATIONS[settings.attention],
+                sum(p.numel() for p in trainer.model.parameters() if p.requires_grad), settings.target_length)
+    return trainer
 
 
-def run_training(settings: TrainSettings, callbacks: list[Any] | None = None) -> dict[str, Any]:
+def run_training(
+    settings: TrainSettings, *, train_dataset: Any = None, callbacks: list[Any] | None = None
+) -> dict[str, Any]:
     """Trains, evaluates (with ``eval_dataset``), saves to ``output_dir`` and pushes (``push_to_hub``).
 
+    ``train_dataset`` and ``callbacks`` are those of :func:`build_trainer`.
+
     Returns:
-        A summary dict (steps, losses, time, paths).
+        A summary dict (steps, logged losses, time, paths).
 
     Raises:
         ValueError: a bad setting (named), or bad data.
@@ -185,7 +219,7 @@ def run_training(settings: TrainSettings, callbacks: list[Any] | None = None) ->
     from transformers.trainer_utils import get_last_checkpoint
 
     started = time.perf_counter()
-    trainer = build_trainer(settings, callbacks)
+    trainer = build_trainer(settings, train_dataset=train_dataset, callbacks=callbacks)
     checkpoint = None
     if settings.resume:
         output_dir = Path(settings.output_dir)
@@ -205,11 +239,13 @@ def run_training(settings: TrainSettings, callbacks: list[Any] | None = None) ->
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     summary = {
         "output_dir": settings.output_dir,
+        "attention": ATTENTION_IMPLEMENTATIONS[settings.attention],
         "global_step": trainer.state.global_step,
         "resumed_from": checkpoint,
         "train_loss": result.training_loss,
         "first_logged_loss": losses[0] if losses else None,
         "last_logged_loss": losses[-1] if losses else None,
+        "losses": losses,
         "eval_loss": metrics.get("eval_loss"),
         "eval_perplexity": math.exp(metrics["eval_loss"]) if "eval_loss" in metrics else None,
         "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ..attention.config import config_of
+from .attention.config import config_of
 
 logger = logging.getLogger(__name__)
 
