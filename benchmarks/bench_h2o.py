@@ -61,9 +61,9 @@ from bench_common import DEFAULT_OUTPUT_DIR, environment, is_cuda, length_axis, 
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 from transformers.cache_utils import Cache
 
-from hf_sinklora import H2OCache
 from hf_sinklora.cache import H2OPolicy
-from hf_sinklora.cache.timing import cache_kv_bytes
+from hf_sinklora.cache import EvictingCache, cache_kv_bytes
+from hf_sinklora.evaluation.cache_quality import POLICIES
 
 logger = logging.getLogger("bench_h2o")
 
@@ -103,7 +103,7 @@ class Method:
         if self.kind == BASELINE:
             return DynamicCache(config=config)
         budget = self.budget_tokens(n)
-        return {"h2o": H2OCache, "streaming": H2OCache.streaming_llm, "recent": H2OCache.recent_window}[self.kind](budget)
+        return EvictingCache(POLICIES[self.kind](budget))
 
     def budget_tokens(self, n: int) -> int | None:
         return None if self.kind == BASELINE else H2OPolicy(budget=float(self.fraction)).budget_for(n)

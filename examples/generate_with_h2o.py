@@ -20,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
 import hf_sinklora  # noqa: F401  (registers attn_implementation="sf_attention")
 from hf_sinklora import H2OCache
-from hf_sinklora.cache import H2OPolicy, timed_generate
+from hf_sinklora.cache import H2OPolicy
+from hf_sinklora.evaluation.timing import timed_generate
 
 logger = logging.getLogger("generate_with_h2o")
 

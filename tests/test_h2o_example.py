@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from hf_sinklora.cache import timed_generate
 from hf_sinklora.data import stdlib_source_files, train_bpe_tokenizer
 from hf_sinklora.data.sources import load_texts
+from hf_sinklora.evaluation.timing import timed_generate
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "generate_with_h2o.py"
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import pytest
 import torch
 
 from hf_sinklora import H2OCache
-from hf_sinklora.cache import H2OPolicy, h2o_attention, h2o_layer_of, scored_attention
+from hf_sinklora.cache import (
+    EvictingCache,
+    EvictionPolicy,
+    H2OPolicy,
+    RecentWindowPolicy,
+    StreamingLLMPolicy,
+    h2o_attention,
+    h2o_layer_of,
+    scored_attention,
+)
 
 from .h2o_reference import ReferenceH2OHead
 
@@ -20,10 +30,11 @@ def _live(positions, real_positions, seen, window):
 
 def run_against_reference(
     *, batch=2, kv_heads=2, group=2, dim=8, budget=12, recent_ratio=0.5, sinks=2, chunks=(20, 1, 1, 1, 1, 1),
-    pads=(0, 3), window=None, softcap=None, seed=0, chunk_elements=None,
+    pads=(0, 3), window=None, softcap=None, seed=0, chunk_elements=None, policy=None,
 ):
+    """``policy``: an EvictionPolicy that must behave as the reference H2O with these settings."""
     generator = torch.Generator().manual_seed(seed)
-    cache = H2OCache(budget, recent_ratio=recent_ratio, num_sink_tokens=sinks)
+    cache = H2OCache(budget, recent_ratio=recent_ratio, num_sink_tokens=sinks) if policy is None else EvictingCache(policy)
     refs = [[ReferenceH2OHead(budget, recent_ratio, sinks) for _ in range(kv_heads)] for _ in range(batch)]
     total = sum(chunks)
     real = torch.ones(batch, total, dtype=torch.bool)
@@ -85,6 +96,41 @@ def test_streaming_and_recent_only_policies():
     run_against_reference(recent_ratio=1.0, sinks=3, seed=4)
     run_against_reference(recent_ratio=1.0, sinks=0, seed=5)
     run_against_reference(recent_ratio=0.0, sinks=0, seed=6)  # heavy hitters only
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_streaming_llm_and_recent_window_policy_objects(window):
+    # StreamingLLM = H2O whose recent window fills the budget: the reference with recent_ratio=1.0
+    run_against_reference(recent_ratio=1.0, sinks=3, seed=4, window=window, policy=StreamingLLMPolicy(12, num_sink_tokens=3))
+    run_against_reference(recent_ratio=1.0, sinks=0, seed=5, window=window, policy=RecentWindowPolicy(12))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OldestFirstPolicy(EvictionPolicy):
+    """A policy written the way a user would add one: keep the earliest tokens."""
+
+    def keep_priority(self, scores, slot_positions, newest, budget):
+        return -slot_positions.to(scores.dtype)
+
+
+def test_a_new_policy_is_one_class():
+    cache = EvictingCache(OldestFirstPolicy(6, num_sink_tokens=1))
+    for size in (9, 1, 1, 3):
+        keys, _ = cache.update(*(torch.randn(1, 2, size, 4) for _ in range(2)), 0)
+        h2o_attention(torch.randn(1, 2, size, 4), h2o_layer_of(keys), None, scale=0.5)
+    assert cache.layers[0].positions.tolist() == [[list(range(6))] * 2]
+    assert cache.get_seq_length() == 14
+
+
+def test_policies_validate_and_stay_frozen():
+    with pytest.raises(ValueError, match="budget must be an int >= num_sink_tokens \\+ 1 = 5"):
+        StreamingLLMPolicy(4)
+    with pytest.raises(ValueError, match="recent_ratio must be a number in \\[0, 1\\]"):
+        H2OPolicy(8, recent_ratio=2)
+    with pytest.raises(TypeError, match="policy must be an EvictionPolicy"):
+        EvictingCache(8)
+    assert RecentWindowPolicy(8).num_sink_tokens == 0
+    assert repr(H2OCache(8)).startswith("H2OCache(H2OPolicy(budget=8, num_sink_tokens=4, recent_ratio=0.5)")
 
 
 def test_query_chunking_changes_nothing():

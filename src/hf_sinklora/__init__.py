@@ -9,7 +9,7 @@ imported on first use, so peft and trl load only when needed.
 from ._lazy import lazy_getattr
 from .attention import SFAttentionConfig, configure_sf_attention
 from .attention import register as _register_attention
-from .cache import H2OCache
+from .cache import EvictingCache, H2OCache, H2OPolicy, RecentWindowPolicy, StreamingLLMPolicy
 from .evaluation import evaluate_perplexity, make_passkey_prompt, passkey_accuracy, perplexity
 
 __version__ = "0.1.0.dev0"
@@ -31,7 +31,11 @@ _LAZY = {
 }
 
 __all__ = [
+    "EvictingCache",
     "H2OCache",
+    "H2OPolicy",
+    "RecentWindowPolicy",
+    "StreamingLLMPolicy",
     "SFAttentionConfig",
     "__version__",
     "configure_sf_attention",

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from transformers import HfArgumentParser
 
 from .demo import DemoSettings, format_summary, run_demo

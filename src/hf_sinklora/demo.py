@@ -20,10 +20,11 @@ import torch
 from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, DynamicCache
 
-from .cache import H2OCache, H2OPolicy, timed_generate
+from .cache import H2OCache, H2OPolicy
 from .data.local_corpus import chunk_token_ids, stdlib_source_files
 from .data.sources import load_books, load_texts
 from .evaluation import minimum_prompt_length, passkey_accuracy, perplexity, tokenize_documents
+from .evaluation.timing import timed_generate
 from .experiment.base_model import BaseModelRecipe, cached_base_model
 from .hub.loading import load_model
 from .rope import extend_context

@@ -1,19 +1,20 @@
-"""H2O (Heavy-Hitter Oracle) KV-cache eviction as a ``transformers.Cache``."""
+"""KV-cache eviction as a ``transformers.Cache``: H2O (Heavy-Hitter Oracle) and other policies."""
 
-from .h2o_cache import H2OCache
+from .h2o_cache import EvictingCache, H2OCache, cache_kv_bytes
 from .h2o_layer import H2OLayer
-from .policy import H2OPolicy
+from .policy import EvictionPolicy, H2OPolicy, RecentWindowPolicy, StreamingLLMPolicy
 from .scored_attention import h2o_attention, h2o_layer_of, scored_attention
-from .timing import GenerationRun, cache_kv_bytes, timed_generate
 
 __all__ = [
-    "GenerationRun",
+    "EvictingCache",
+    "EvictionPolicy",
     "H2OCache",
     "H2OLayer",
     "H2OPolicy",
+    "RecentWindowPolicy",
+    "StreamingLLMPolicy",
     "cache_kv_bytes",
     "h2o_attention",
     "h2o_layer_of",
     "scored_attention",
-    "timed_generate",
 ]

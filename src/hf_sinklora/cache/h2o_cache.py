@@ -1,10 +1,11 @@
-"""``H2OCache``: Heavy-Hitter Oracle KV eviction (arXiv 2306.14048) as a ``transformers.Cache``.
+"""KV-cache eviction as a ``transformers.Cache``: ``H2OCache`` (Heavy-Hitter Oracle, arXiv
+2306.14048) and ``EvictingCache`` for any :class:`~hf_sinklora.cache.policy.EvictionPolicy`.
 
     model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="sf_attention")
     model.generate(**inputs, cache=H2OCache(budget=1024), max_new_tokens=256)
+    model.generate(**inputs, cache=EvictingCache(StreamingLLMPolicy(1024)), max_new_tokens=256)
 
-(``past_key_values=`` works too; transformers 5 renamed it ``cache``.) The container only
-dispatches to one :class:`H2OLayer` per attention layer, created on first use.
+The container only dispatches to one :class:`H2OLayer` per attention layer, created on first use.
 """
 
 from __future__ import annotations
@@ -15,42 +16,35 @@ import torch
 from transformers.cache_utils import Cache
 
 from .h2o_layer import NOT_SCORED_HINT, H2OLayer
-from .policy import H2OPolicy
-from .timing import cache_kv_bytes
+from .policy import EvictionPolicy, H2OPolicy
 
 
-class H2OCache(Cache):
-    """Keeps at most ``budget`` tokens per layer, batch row and KV head, chosen as H2O does.
+def cache_kv_bytes(cache: Cache) -> int:
+    """Bytes held by the key and value tensors of every layer of ``cache`` (any ``Cache``)."""
+    return sum(
+        layer.keys.nbytes + layer.values.nbytes
+        for layer in cache.layers
+        if getattr(layer, "keys", None) is not None and layer.values is not None
+    )
+
+
+class EvictingCache(Cache):
+    """Keeps at most ``policy``'s budget of tokens per layer, batch row and KV head.
 
     Args:
-        budget: tokens kept, an int ``>= num_sink_tokens + 1``; or a float in (0, 1]: that
-            fraction of the first forward's length (the prompt), fixed then.
-        recent_ratio: share of the budget kept for the most recent tokens, in [0, 1].
-        num_sink_tokens: first tokens of each row that are always kept.
+        policy: which tokens stay (:class:`H2OPolicy`, :class:`StreamingLLMPolicy`,
+            :class:`RecentWindowPolicy` or your own :class:`EvictionPolicy`).
 
-    The rest of the budget goes to the tokens with the highest accumulated attention
-    (summed over every query since they entered, averaged over a KV head's query heads).
-    Needs ``attn_implementation="sf_attention"``, which computes those probabilities.
-    ``get_seq_length()`` counts every token seen; ``layers[i].positions`` gives the absolute
-    positions of the kept tokens, ``(B, Hkv, kept)``.
-
-    Raises:
-        ValueError: a setting is out of range (the message names it).
+    Needs ``attn_implementation="sf_attention"``, which computes the attention probabilities
+    the scores accumulate. ``get_seq_length()`` counts every token seen; ``layers[i].positions``
+    gives the absolute positions of the kept tokens, ``(B, Hkv, kept)``.
     """
 
-    def __init__(self, budget: int | float, *, recent_ratio: float = 0.5, num_sink_tokens: int = 4):
-        self.policy = H2OPolicy(budget=budget, recent_ratio=recent_ratio, num_sink_tokens=num_sink_tokens)
-        super().__init__(layer_class_to_replicate=functools.partial(H2OLayer, self.policy))
-
-    @classmethod
-    def streaming_llm(cls, budget: int | float, *, num_sink_tokens: int = 4) -> H2OCache:
-        """Sinks + recent window, no heavy hitters (StreamingLLM, arXiv 2309.17453), for comparison."""
-        return cls(budget, recent_ratio=1.0, num_sink_tokens=num_sink_tokens)
-
-    @classmethod
-    def recent_window(cls, budget: int | float) -> H2OCache:
-        """Only the most recent ``budget`` tokens, for comparison."""
-        return cls(budget, recent_ratio=1.0, num_sink_tokens=0)
+    def __init__(self, policy: EvictionPolicy):
+        if not isinstance(policy, EvictionPolicy):
+            raise TypeError(f"policy must be an EvictionPolicy, got {type(policy).__name__}")
+        self.policy = policy
+        super().__init__(layer_class_to_replicate=functools.partial(H2OLayer, policy))
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args, **kwargs
@@ -70,8 +64,24 @@ class H2OCache(Cache):
         return cache_kv_bytes(self)
 
     def __repr__(self) -> str:
-        policy = self.policy
-        return (
-            f"H2OCache(budget={policy.budget}, recent_ratio={policy.recent_ratio}, "
-            f"num_sink_tokens={policy.num_sink_tokens}, layers={len(self.layers)})"
-        )
+        return f"{type(self).__name__}({self.policy!r}, layers={len(self.layers)})"
+
+
+class H2OCache(EvictingCache):
+    """Keeps at most ``budget`` tokens per layer, batch row and KV head, chosen as H2O does.
+
+    Args:
+        budget: tokens kept, an int ``>= num_sink_tokens + 1``; or a float in (0, 1]: that
+            fraction of the first forward's length (the prompt), fixed then.
+        recent_ratio: share of the budget kept for the most recent tokens, in [0, 1].
+        num_sink_tokens: first tokens of each row that are always kept.
+
+    The rest of the budget goes to the tokens with the highest accumulated attention
+    (summed over every query since they entered, averaged over a KV head's query heads).
+
+    Raises:
+        ValueError: a setting is out of range (the message names it).
+    """
+
+    def __init__(self, budget: int | float, *, recent_ratio: float = 0.5, num_sink_tokens: int = 4):
+        super().__init__(H2OPolicy(budget, recent_ratio=recent_ratio, num_sink_tokens=num_sink_tokens))

@@ -1,4 +1,4 @@
-"""One layer of an :class:`~hf_sinklora.cache.H2OCache`: slots of keys/values, their scores, eviction.
+"""One layer of an :class:`~hf_sinklora.cache.EvictingCache`: slots of keys/values, their scores, eviction.
 
 Tokens live in *slots* along dim 2 of ``keys``/``values`` ``(B, Hkv, slots, D)``. Every
 (row, KV head) keeps its own set, so slot ``c`` of two heads may hold different tokens;
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import CacheLayerMixin
 
-from .policy import H2OPolicy
+from .policy import EvictionPolicy
 
 NOT_SCORED_HINT = (
     "H2OCache needs the attention probabilities, which only attn_implementation='sf_attention' hands it. "
@@ -29,7 +29,7 @@ _FREE = -1
 
 
 class H2OLayer(CacheLayerMixin):
-    """KV cache of one attention layer under Heavy-Hitter eviction.
+    """KV cache of one attention layer under an :class:`EvictionPolicy` (Heavy-Hitter by default).
 
     Attributes:
         keys, values: ``(B, Hkv, slots, D)``; ``slots`` is ``budget`` (+1 spare while decoding)
@@ -46,7 +46,7 @@ class H2OLayer(CacheLayerMixin):
     is_croppable = False
     is_sliding = False
 
-    def __init__(self, policy: H2OPolicy):
+    def __init__(self, policy: EvictionPolicy):
         super().__init__()
         self.policy = policy
         self.budget: int | None = None if policy.is_fractional else int(policy.budget)
@@ -199,14 +199,11 @@ class H2OLayer(CacheLayerMixin):
             self._evict(excess, sliding_window)
 
     def _evict(self, count: int, sliding_window: int | None) -> None:
-        """Frees ``count`` slots per (row, KV head): padding first, then the lowest scores outside
-        the sinks (scored ``+inf``) and the recent window."""
+        """Frees ``count`` slots per (row, KV head): padding and tokens out of the sliding window
+        first, never the sinks (scored ``+inf``), then the policy's lowest priorities."""
         newest = self.seen - 1
-        recent = self.policy.recent_tokens(self.budget)
-        priority = self.scores
-        if recent:
-            is_recent = (self.slot_positions > newest - recent) & (priority > float("-inf"))
-            priority = priority.masked_fill(is_recent, float("inf"))
+        priority = self.policy.keep_priority(self.scores, self.slot_positions, newest, self.budget)
+        priority = torch.where(self.scores.isinf(), self.scores, priority)  # sinks +inf, padding/free -inf
         if sliding_window is not None:
             expired = (self.slot_positions <= newest - sliding_window) & (priority < float("inf"))
             priority = priority.masked_fill(expired, float("-inf"))

@@ -1,47 +1,55 @@
-"""What an :class:`~hf_sinklora.cache.H2OCache` keeps: the validated eviction settings."""
+"""Eviction policies: which tokens an :class:`~hf_sinklora.cache.EvictingCache` keeps.
+
+A policy is a small frozen object with one job, scoring (kvpress's scorer/pruner split): the
+budget and sink rules are shared (:class:`EvictionPolicy`), and each subclass says, through
+:meth:`EvictionPolicy.keep_priority`, which of the other tokens matter more. The layer does the
+pruning with rules no policy may change: padding and expired sliding-window tokens go first,
+sinks never go, the lowest priorities go next.
+
+A new policy is one subclass::
+
+    @dataclass(frozen=True, kw_only=True)
+    class OldestFirstPolicy(EvictionPolicy):
+        def keep_priority(self, scores, slot_positions, newest, budget):
+            return -slot_positions.to(scores.dtype)  # keep the earliest tokens
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
+
+import torch
 
 from .._checks import is_int, is_number
 
 
 @dataclass(frozen=True)
-class H2OPolicy:
-    """Per layer, batch row and KV head, keep at most ``budget`` tokens:
-
-    the first ``num_sink_tokens`` real tokens, the most recent ``recent_tokens(budget)``
-    tokens, and the highest-scoring of the rest ("heavy hitters").
+class EvictionPolicy:
+    """Per layer, batch row and KV head, keep at most ``budget`` tokens, the first
+    ``num_sink_tokens`` real ones always; subclasses rank the rest.
 
     Args:
         budget: an int ``>= num_sink_tokens + 1``, or a float in (0, 1]: that fraction of the
             length of the first forward (the prompt), fixed then.
-        recent_ratio: share of the budget given to the most recent tokens, in [0, 1].
-            ``1.0`` leaves no room for heavy hitters: sinks + recent window (StreamingLLM).
-        num_sink_tokens: ``s >= 0`` first tokens of each row that are always kept.
+        num_sink_tokens: ``s >= 0`` first real tokens of each row that are always kept.
+
+    Raises:
+        ValueError: a setting out of range (the message names it).
     """
 
     budget: int | float
-    recent_ratio: float = 0.5
+    _: KW_ONLY
     num_sink_tokens: int = 4
 
     def __post_init__(self) -> None:
         if not is_int(self.num_sink_tokens) or self.num_sink_tokens < 0:
             raise ValueError(f"num_sink_tokens must be an int >= 0, got {self.num_sink_tokens!r}")
-        if not is_number(self.recent_ratio) or not 0 <= self.recent_ratio <= 1:
-            raise ValueError(f"recent_ratio must be a number in [0, 1], got {self.recent_ratio!r}")
+        allowed = f"an int >= num_sink_tokens + 1 = {self.num_sink_tokens + 1} or a float in (0, 1]"
         if is_int(self.budget):
             if self.budget < self.num_sink_tokens + 1:
-                raise ValueError(
-                    f"budget must be an int >= num_sink_tokens + 1 = {self.num_sink_tokens + 1} "
-                    f"or a float in (0, 1], got {self.budget!r}"
-                )
+                raise ValueError(f"budget must be {allowed}, got {self.budget!r}")
         elif not isinstance(self.budget, float) or not 0 < self.budget <= 1:
-            raise ValueError(
-                f"budget must be an int >= num_sink_tokens + 1 = {self.num_sink_tokens + 1} "
-                f"or a float in (0, 1] (a fraction of the prompt length), got {self.budget!r}"
-            )
+            raise ValueError(f"budget must be {allowed} (a fraction of the prompt length), got {self.budget!r}")
 
     @property
     def is_fractional(self) -> bool:
@@ -54,6 +62,65 @@ class H2OPolicy:
             return int(self.budget)
         return max(self.num_sink_tokens + 1, round(self.budget * prompt_length))
 
+    def keep_priority(
+        self, scores: torch.Tensor, slot_positions: torch.Tensor, newest: int, budget: int
+    ) -> torch.Tensor:
+        """How much each slot deserves to stay; the lowest go first.
+
+        Args:
+            scores: ``(B, Hkv, slots)`` float32 attention each token received since it entered
+                (``+inf`` sinks, ``-inf`` padding and free slots: the layer re-applies those).
+            slot_positions: ``(B, Hkv, slots)`` absolute position of each slot's token.
+            newest: position of the newest token.
+            budget: tokens kept per (row, KV head).
+
+        Returns:
+            ``(B, Hkv, slots)`` float32 priorities (``+inf`` never evicted).
+        """
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class H2OPolicy(EvictionPolicy):
+    """Heavy-Hitter Oracle (arXiv 2306.14048): the most recent ``recent_tokens(budget)`` tokens,
+    then the highest accumulated attention ("heavy hitters").
+
+    Args:
+        recent_ratio: share of the budget given to the most recent tokens, in [0, 1].
+    """
+
+    recent_ratio: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_number(self.recent_ratio) or not 0 <= self.recent_ratio <= 1:
+            raise ValueError(f"recent_ratio must be a number in [0, 1], got {self.recent_ratio!r}")
+
     def recent_tokens(self, budget: int) -> int:
         """Size of the recent window: ``round(recent_ratio * budget)``, leaving room for the sinks."""
         return min(round(self.recent_ratio * budget), budget - self.num_sink_tokens)
+
+    def keep_priority(
+        self, scores: torch.Tensor, slot_positions: torch.Tensor, newest: int, budget: int
+    ) -> torch.Tensor:
+        recent = self.recent_tokens(budget)
+        if not recent:
+            return scores
+        return scores.masked_fill(slot_positions > newest - recent, float("inf"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class StreamingLLMPolicy(EvictionPolicy):
+    """StreamingLLM (arXiv 2309.17453): the sinks and the most recent tokens, nothing else."""
+
+    def keep_priority(
+        self, scores: torch.Tensor, slot_positions: torch.Tensor, newest: int, budget: int
+    ) -> torch.Tensor:
+        return slot_positions.to(scores.dtype)  # newer is higher
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecentWindowPolicy(StreamingLLMPolicy):
+    """Only the most recent ``budget`` tokens (no sinks): the baseline every policy must beat."""
+
+    num_sink_tokens: int = 0

@@ -4,6 +4,7 @@ Nothing heavy is imported here: ``datasets``, ``peft`` and ``matplotlib`` load o
 the function that needs them runs.
 """
 
+from ..data.sources import load_texts
 from .cache_quality import POLICIES, cache_budget_sweep, plot_cache_sweep, streamed_nll
 from .heatmap import accuracy_grid, plot_passkey_heatmap
 from .loading import load_for_eval, resolve_device, tokenizer_source
@@ -11,7 +12,6 @@ from .passkey import DEFAULT_DEPTHS, greedy_answer, passkey_accuracy
 from .passkey_prompt import PasskeyPrompt, extract_key, make_passkey_prompt, minimum_prompt_length
 from .perplexity import PerplexityResult, as_documents, evaluate_perplexity, perplexity, tokenize_documents
 from .report import format_cache_sweep_table, format_passkey_table, format_perplexity_table, write_json
-from ..data.sources import load_texts
 from .windows import Window, plan_windows
 
 __all__ = [

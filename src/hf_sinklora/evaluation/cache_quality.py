@@ -19,15 +19,15 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 
-from ..cache import H2OCache, H2OPolicy
+from ..cache import EvictingCache, H2OPolicy, RecentWindowPolicy, StreamingLLMPolicy
 from .loading import model_device
 
 logger = logging.getLogger(__name__)
 
 POLICIES: dict[str, Callable[[int], Cache]] = {
-    "h2o": H2OCache,
-    "streaming": H2OCache.streaming_llm,
-    "recent": H2OCache.recent_window,
+    "h2o": H2OPolicy,
+    "streaming": StreamingLLMPolicy,
+    "recent": RecentWindowPolicy,
 }
 FULL_CACHE = "full"
 
@@ -109,7 +109,7 @@ def cache_budget_sweep(
                 if policy == FULL_CACHE:
                     cache = DynamicCache(config=model.config)
                 else:
-                    cache = POLICIES[policy](_budget_tokens(budget, length))
+                    cache = EvictingCache(POLICIES[policy](_budget_tokens(budget, length)))
                 nll += streamed_nll(model, segment, cache, chunk_size)[0]
                 bar.update()
             totals[(policy, budget)] = nll

@@ -43,10 +43,10 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_eval_ppl(args: argparse.Namespace) -> int:
+    from ..data.sources import load_texts
     from .loading import load_for_eval
     from .perplexity import evaluate_perplexity
     from .report import format_perplexity_table, write_json
-    from ..data.sources import load_texts
 
     texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
     if args.join_documents:
@@ -98,11 +98,11 @@ def _run_passkey(args: argparse.Namespace) -> int:
 
 
 def _run_eval_h2o(args: argparse.Namespace) -> int:
+    from ..data.sources import load_texts
     from .cache_quality import cache_budget_sweep, plot_cache_sweep
     from .loading import load_for_eval
     from .perplexity import tokenize_documents
     from .report import format_cache_sweep_table, write_json
-    from ..data.sources import load_texts
 
     texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
     model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"

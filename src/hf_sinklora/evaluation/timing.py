@@ -15,6 +15,8 @@ import torch
 from transformers.cache_utils import Cache
 from transformers.generation.streamers import BaseStreamer
 
+from ..cache import cache_kv_bytes
+
 
 class _Clock(BaseStreamer):
     """Records when ``generate`` hands out the prompt and each new token (batch size 1)."""
@@ -46,15 +48,6 @@ class GenerationRun:
     decode_tokens_per_s: float
     kv_bytes: int
     sequences: torch.Tensor = field(repr=False)
-
-
-def cache_kv_bytes(cache: Cache) -> int:
-    """Bytes held by the key and value tensors of every layer of ``cache``."""
-    return sum(
-        layer.keys.nbytes + layer.values.nbytes
-        for layer in cache.layers
-        if getattr(layer, "keys", None) is not None and layer.values is not None
-    )
 
 
 @torch.no_grad()
