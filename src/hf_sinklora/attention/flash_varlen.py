@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .eager import eager_attention
 from .groups import GroupLayout
 
 
@@ -146,13 +147,10 @@ def varlen_reference_attention(
         vs = v[cu_seqlens_k[i] : cu_seqlens_k[i + 1]].transpose(0, 1)
         repeats = qs.shape[0] // ks.shape[0]
         ks, vs = ks.repeat_interleave(repeats, 0), vs.repeat_interleave(repeats, 0)
-        scores = qs @ ks.transpose(-1, -2) * (softmax_scale or qs.shape[-1] ** -0.5)
-        if softcap:
-            scores = torch.tanh(scores / softcap) * softcap
+        visible = None
         if causal:
             lq, lk = qs.shape[1], ks.shape[1]
             visible = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril(lk - lq)
-            scores = scores.masked_fill(~visible, float("-inf"))
-        probs = scores.softmax(-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
-        outputs.append((probs @ vs).transpose(0, 1))
+        out = eager_attention(qs, ks, vs, visible, scale=softmax_scale or qs.shape[-1] ** -0.5, softcap=softcap)
+        outputs.append(out.transpose(0, 1))
     return torch.cat(outputs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
+from .eager import eager_attention
+
 
 def dense_causal_mask(
     padding_mask: torch.Tensor | None,
@@ -72,11 +74,7 @@ def full_causal_attention(
 
     repeats = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, repeats), repeat_kv(value, repeats)
-    scores = torch.matmul(query, key.transpose(2, 3)) * scale
-    scores = torch.tanh(scores / softcap) * softcap
     if mask is None:
         mask = dense_causal_mask(None, batch_size, q_len, kv_len, None, query.device)
-    scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
-    probs = torch.nn.functional.dropout(probs, p=dropout, training=dropout > 0)
-    return torch.matmul(probs, value).transpose(1, 2).contiguous()
+    out = eager_attention(query, key, value, mask, scale=scale, dropout=dropout, softcap=softcap)
+    return out.transpose(1, 2).contiguous()

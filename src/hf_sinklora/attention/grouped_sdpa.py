@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .eager import eager_attention
 from .groups import GroupLayout
 
 
@@ -39,29 +40,6 @@ def _sink_slots(layout: GroupLayout, groups: torch.Tensor) -> tuple[torch.Tensor
 def _gather(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """``(T, H, D)`` gathered by an ``(N, W)`` index into ``(N, H, W, D)``."""
     return flat[index].transpose(1, 2)
-
-
-def _math_attention(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    mask: torch.Tensor,
-    scale: float,
-    dropout: float,
-    softcap: float | None,
-) -> torch.Tensor:
-    """Masked softmax attention with optional tanh soft-capping (what SDPA cannot do).
-
-    Shapes: query ``(N, H, Lq, D)``, key/value ``(N, H, Lk, D)``, mask ``(N, 1, Lq, Lk)`` bool.
-    """
-    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
-    if softcap is not None:
-        scores = torch.tanh(scores / softcap) * softcap
-    scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(query.dtype, torch.float32)).to(query.dtype)
-    if dropout > 0:
-        probs = F.dropout(probs, p=dropout)
-    return torch.matmul(probs, value)
 
 
 def _repeat_heads(tensor: torch.Tensor, repeats: int) -> torch.Tensor:
@@ -177,7 +155,8 @@ def _masked_blocks(query, key, value, layout, scale, dropout, sliding_window, so
     if softcap is None:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=repeats > 1)
     else:
-        out = _math_attention(q, _repeat_heads(k, repeats), _repeat_heads(v, repeats), mask, scale, dropout, softcap)
+        k, v = _repeat_heads(k, repeats), _repeat_heads(v, repeats)
+        out = eager_attention(q, k, v, mask, scale=scale, dropout=dropout, softcap=softcap)
     slot = groups[:, None] * width + torch.arange(width, device=query.device)
     return [out], [(member_index, member_valid, slot)]
 
