@@ -24,6 +24,7 @@ def tokenizer():
     return train_bpe_tokenizer(load_texts(stdlib_source_files(limit=12)), vocab_size=400)
 
 
+@pytest.mark.slow
 def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
     """The built-in demo, shrunk: stdlib corpus, base pretrained then cached, 4x extension, outputs."""
     out, cache = tmp_path / "demo", tmp_path / "cache"
@@ -53,6 +54,7 @@ def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["base"]["from_cache"] is True
 
 
+@pytest.mark.slow
 def test_demo_on_a_given_checkpoint_and_dataset(tmp_path, tokenizer, capsys):
     """``--model`` + ``--dataset``: no pretraining; the context is 4x the checkpoint's."""
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

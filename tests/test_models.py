@@ -7,6 +7,7 @@ implementation. Nothing is downloaded: the models are built from explicit config
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -40,18 +41,18 @@ GEMMA_GRADS = dict(atol=1e-5, rtol=1e-5)
 # ----------------------------------------------------------------------------------------
 
 REFERENCE_CALLS: list[dict] = []
+_TOLD: dict[str, list] = {}
 
 
-def _rows_from_position_ids(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
-    rows = []
-    for pos in position_ids.tolist():
-        segments, start = [], 0
-        for t in range(1, len(pos) + 1):
-            if t == len(pos) or pos[t] != pos[t - 1] + 1:
-                segments.append((start, t - start))
-                start = t
-        rows.append(segments)
-    return rows
+@contextlib.contextmanager
+def told_segments(rows: list[list[tuple[int, int]]]):
+    """Tells the reference where each row's segments lie, ``[(start, length), ...]`` per row:
+    it never detects them itself, so it shares no segment logic with the package."""
+    _TOLD["rows"] = rows
+    try:
+        yield
+    finally:
+        _TOLD.clear()
 
 
 def reference_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
@@ -61,20 +62,16 @@ def reference_attention(module, query, key, value, attention_mask, dropout=0.0, 
     assert module.training, "the reference implements the training-mode rule only"
     assert dropout == 0.0
     assert key.shape[2] == n, "whole sequences only (no KV cache)"
+    assert "rows" in _TOLD, "run the reference inside told_segments(rows)"
+    rows = _TOLD["rows"]
     if attention_mask is not None:
         assert attention_mask.ndim == 2, "the mask interface should hand over the 2-D padding mask"
-        rows = []
-        for b in range(batch):
-            real = attention_mask[b, -n:].bool().nonzero().flatten().tolist()
-            assert real == list(range(real[0], real[-1] + 1)), "padding only at the ends"
-            rows.append([(real[0], len(real))])
+        for b, row in enumerate(rows):  # the told segments are the real tokens
+            told = [t for start, length in row for t in range(start, start + length)]
+            assert attention_mask[b, -n:].bool().nonzero().flatten().tolist() == told
         kind = "padded"
-    elif kwargs.get("position_ids") is not None:
-        rows = _rows_from_position_ids(kwargs["position_ids"].expand(batch, -1))
-        kind = "position_ids"
     else:
-        rows = [[(0, n)] for _ in range(batch)]
-        kind = "plain"
+        kind = "position_ids" if kwargs.get("position_ids") is not None else "plain"
     REFERENCE_CALLS.append(
         {"module": type(module).__name__, "sliding_window": sliding_window, "softcap": softcap, "kind": kind,
          "rows": rows}
@@ -180,11 +177,11 @@ def check_against_reference(family: str, layout: str, implementation: str = "sf_
     inputs, rows, real = layout_batch(layout)
 
     REFERENCE_CALLS.clear()
-    ref_out, ref_loss, ref_grads = loss_and_grads(ref_model, **inputs)
+    with told_segments(rows):
+        ref_out, ref_loss, ref_grads = loss_and_grads(ref_model, **inputs)
     # the family really routes through the attention interface, with its per-layer settings
     assert len(REFERENCE_CALLS) == sf_model.config.num_hidden_layers
     assert [(c["sliding_window"], c["softcap"]) for c in REFERENCE_CALLS] == expected_layer_settings(ref_model)
-    assert all(c["rows"] == rows for c in REFERENCE_CALLS)
     assert all(c["kind"] == ("position_ids" if layout == "full" else "padded") for c in REFERENCE_CALLS)
 
     sf_out, sf_loss, sf_grads = loss_and_grads(sf_model, **inputs)
@@ -429,19 +426,19 @@ def test_packed_row_equals_separate_sequences(family, packing):
     ],
 )
 def test_packed_row_matches_dense_reference(family, lengths, pad_to_multiple_of):
-    """The packed row against the reference too (the reference splits segments at position resets)."""
+    """The packed row against the reference too (told the segments from the example lengths)."""
     sf_model, ref_model = twins(family, "sf_attention", REFERENCE)
     sf_model.train()
     ref_model.train()
     batch = _trl_packed_batch(_packed_examples(seed=6, lengths=lengths), pad_to_multiple_of=pad_to_multiple_of)
-    REFERENCE_CALLS.clear()
-    ref_out, ref_loss, ref_grads = loss_and_grads(ref_model, **batch)
     bounds = [0] + list(torch.tensor(lengths).cumsum(0).tolist())
     segments = [(s, e - s) for s, e in zip(bounds, bounds[1:])]
     # TRL's padding positions are 0, 0, ...: each padding token is a 1-token segment of its own
     segments += [(t, 1) for t in range(bounds[-1], batch["input_ids"].shape[1])]
+    REFERENCE_CALLS.clear()
+    with told_segments([segments]):
+        ref_out, ref_loss, ref_grads = loss_and_grads(ref_model, **batch)
     assert all(c["kind"] == "position_ids" for c in REFERENCE_CALLS)
-    assert REFERENCE_CALLS[0]["rows"] == [segments]
     sf_out, sf_loss, sf_grads = loss_and_grads(sf_model, **batch)
     torch.testing.assert_close(sf_out.logits, ref_out.logits, **TIGHT)
     torch.testing.assert_close(sf_loss, ref_loss, **TIGHT)

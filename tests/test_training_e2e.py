@@ -53,6 +53,7 @@ def _eval_inputs(ws):
     return tokenizer(texts, return_tensors="pt", padding=True)
 
 
+@pytest.mark.slow
 def test_loss_goes_down_on_the_long_task(cli_run):
     settings = TrainSettings(model=str(cli_run["base"]), dataset=str(cli_run["train"]),
                              eval_dataset=str(cli_run["eval"]), target_length=TARGET,
@@ -65,6 +66,7 @@ def test_loss_goes_down_on_the_long_task(cli_run):
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]), rel=1e-3)
 
 
+@pytest.mark.slow
 def test_saved_files_are_complete(cli_run):
     out = cli_run["out"]
     for directory in (out, out / "checkpoint-20", out / "checkpoint-40"):
@@ -90,6 +92,7 @@ def test_saved_files_are_complete(cli_run):
     assert {"trainer_state.json", "optimizer.pt", "scheduler.pt"} <= {p.name for p in (out / "checkpoint-20").iterdir()}
 
 
+@pytest.mark.slow
 def test_model_card(cli_run):
     out = cli_run["out"]
     card = ModelCard.load(out / "README.md")
@@ -158,6 +161,7 @@ def _reference_model(out, base_dir):
     return model
 
 
+@pytest.mark.slow
 def test_reload_equals_the_adapter_applied_by_hand(cli_run):
     out = cli_run["out"]
     model = hf_sinklora.load_model(out)
@@ -176,6 +180,7 @@ def test_reload_equals_the_adapter_applied_by_hand(cli_run):
     assert (got[real] - untrained[real]).abs().max() > 0.1  # the adapter changed the model
 
 
+@pytest.mark.slow
 def test_merged_model_equals_adapter_model(cli_run, tmp_path):
     out = cli_run["out"]
     merged = hf_sinklora.merge_adapter(out, tmp_path / "merged")
@@ -199,6 +204,7 @@ def test_merged_model_equals_adapter_model(cli_run, tmp_path):
     assert torch.equal(plain.generate(**prompt, **kwargs), adapter_model.generate(**prompt, **kwargs))
 
 
+@pytest.mark.slow
 def test_resume_continues_the_step_count(cli_run, tmp_path, capsys):
     """Resume from checkpoint-20 in a fresh directory: steps 21..40 give the uninterrupted run's adapter."""
     out = tmp_path / "resumed"
@@ -218,6 +224,7 @@ def test_resume_continues_the_step_count(cli_run, tmp_path, capsys):
         torch.testing.assert_close(resumed[key], uninterrupted[key], atol=1e-5, rtol=1e-4, msg=key)
 
 
+@pytest.mark.slow
 def test_push_is_one_commit_with_card(cli_run):
     calls = cli_run["calls"]
     assert [name for name, _ in calls] == ["__init__", "create_repo", "upload_folder"]
@@ -230,6 +237,7 @@ def test_push_is_one_commit_with_card(cli_run):
     assert f'load_model("{REPO}")' in upload["card"] and "sinklora" in upload["card"]
 
 
+@pytest.mark.slow
 def test_push_adapter_api(cli_run, monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
     FakeHfApi.calls = []

@@ -65,6 +65,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(recipe_workspace, tmp_path):
     """DDP with gloo on CPU: ``ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2``."""
     out = tmp_path / "ddp"
