@@ -1,4 +1,4 @@
-"""Independent, naive reference of the H2O policy (DESIGN.md section 3), for tests only.
+"""Independent, naive reference of the H2O policy (docs/h2o.md), for tests only.
 
 Per (batch row, KV head) it keeps a plain Python list of kept tokens in position order,
 attends densely with eager softmax and re-selects the kept set from scratch after every

@@ -1,4 +1,4 @@
-"""Independent dense reference of the SF-Attn rule (DESIGN.md section 2), for tests only.
+"""Independent dense reference of the SF-Attn rule (docs/sf_attention.md, "The rule"), for tests only.
 
 Builds the full boolean ``(B, Hq, n, n)`` mask straight from the rule, from a plain
 per-token description (segment id, position inside the segment), then runs eager

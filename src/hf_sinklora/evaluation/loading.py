@@ -1,8 +1,5 @@
-"""Loading a model (and optional peft adapter) plus its tokenizer for evaluation.
-
-One function on purpose: when ``hf_sinklora.load_model`` lands (adapter directories, RoPE
-scaling), :func:`load_for_eval` becomes a thin wrapper around it.
-"""
+"""Loading a model (and optional peft adapter) plus its tokenizer for evaluation: a thin layer
+over :func:`hf_sinklora.hub.loading.load_model` that adds the device, eval mode and tokenizer."""
 
 from __future__ import annotations
 
