@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 batch_size=args.batch_size, lr=args.lr, group_size_ratio=args.group_size_ratio,
                 shifted_head_ratio=args.shifted_head_ratio, sink_tokens=args.sink_tokens, seed=seed,
                 logging_steps=max(1, args.finetune_steps // 10), save_steps=0, gradient_checkpointing=False,
-                disable_tqdm=True,
+                disable_tqdm=True, overwrite=True,
             )
             run_started = time.perf_counter()
             trained = run_training(settings, train_dataset=Dataset.from_dict({"input_ids": rows}))

@@ -42,6 +42,7 @@ def cli_run(recipe_workspace, tmp_path_factory):
     FakeHfApi.calls = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+        patch.setenv("HF_TOKEN", "hf_fake")  # a push is refused before training without a token
         assert main(_argv(recipe_workspace, out, extra=("--push-to-hub", REPO))) == 0
     return {"out": out, "calls": list(FakeHfApi.calls), **recipe_workspace}
 
@@ -210,6 +211,7 @@ def test_resume_continues_the_step_count(cli_run, tmp_path, capsys):
     out = tmp_path / "resumed"
     out.mkdir()
     shutil.copytree(cli_run["out"] / "checkpoint-20", out / "checkpoint-20")
+    shutil.copy(cli_run["out"] / "sinklora_run.json", out)  # the run's record: resuming needs the same run
     assert main(_argv(cli_run, out, extra=("--resume",))) == 0
     summary = capsys.readouterr().out
     assert "resumed from" in summary and "checkpoint-20" in summary

@@ -20,6 +20,7 @@ from transformers import HfArgumentParser
 from .demo import DemoSettings, format_summary, run_demo
 from .evaluation.cli import add_eval_parsers
 from .training.cli import add_train_parser
+from .training.runs import TrainingInterrupted
 
 
 def _add_demo(subparsers: argparse._SubParsersAction) -> None:
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``hf-sinklora`` parser with every sub-command (each an ``HfArgumentParser``)."""
     parser = argparse.ArgumentParser(prog="hf-sinklora", description="SinkLoRA for the Hugging Face stack")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True, parser_class=HfArgumentParser)
     _add_demo(subparsers)
     add_eval_parsers(subparsers)
@@ -98,7 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
+    except TrainingInterrupted as stop:
+        print(f"hf-sinklora: {stop}", file=sys.stderr)
+        return stop.exit_code
     except ValueError as error:
+        if args.debug:
+            raise
         parser.exit(2, f"hf-sinklora: error: {error}\n")
 
 

@@ -89,6 +89,7 @@ def demo_train_settings(settings: DemoSettings, base_path: str | Path, data_name
         max_steps=settings.finetune_steps, batch_size=settings.batch_size, lr=settings.learning_rate,
         group_size_ratio=settings.group_size_ratio, sink_tokens=settings.sink_tokens, seed=settings.seed,
         logging_steps=max(1, settings.finetune_steps // 10), save_steps=0, gradient_checkpointing=False,
+        overwrite=True,  # the demo's own adapter folder: a re-run replaces it
     )
 
 

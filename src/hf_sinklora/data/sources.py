@@ -13,6 +13,7 @@ Everything else in the package asks these two; nothing else opens a data file.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,38 @@ def _select_split(loaded: Any, source: str, split: str) -> Any:
     return loaded
 
 
+def _json_error(path: Path) -> str | None:
+    """Where a JSON / JSON Lines file stops being valid: ``"line N: reason"``, or None if it is valid."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    try:
+        json.loads(text)
+        return None  # one JSON document
+    except ValueError:
+        pass
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                json.loads(line)
+            except ValueError as error:
+                return f"line {number}: {error.msg}"
+    return None
+
+
+def _load_files(builder: str, files: list[Path], **load_kwargs: Any) -> Any:
+    """``datasets.load_dataset`` on local files; a broken JSON file is reported by name and line."""
+    import datasets
+
+    try:
+        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **load_kwargs)
+    except Exception as error:  # datasets wraps parser errors in its own types
+        if builder == "json":
+            for file in files:
+                where = _json_error(file)
+                if where:
+                    raise ValueError(f"dataset file {file}, {where}") from None
+        raise ValueError(f"dataset files {[str(f) for f in files]} could not be read: {error}") from None
+
+
 def load_records(source: str | Path, *, split: str = "train", **load_kwargs: Any) -> Any:
     """Reads ``source`` into a ``datasets.Dataset``.
 
@@ -68,7 +101,7 @@ def load_records(source: str | Path, *, split: str = "train", **load_kwargs: Any
             raise ValueError(f"dataset file {path} has suffix {path.suffix!r}; allowed: {sorted(RECORD_FILE_BUILDERS)}")
         if path.stat().st_size == 0:
             raise ValueError(f"dataset file {path} is empty: no records")
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **load_kwargs)
+        return _load_files(builder, [path], **load_kwargs)
     if path.is_dir():
         if is_saved_dataset(path):
             return _select_split(datasets.load_from_disk(str(path)), str(source), split)
@@ -78,7 +111,7 @@ def load_records(source: str | Path, *, split: str = "train", **load_kwargs: Any
         builders = {RECORD_FILE_BUILDERS[p.suffix.lower()] for p in files}
         if len(builders) > 1:
             raise ValueError(f"dataset directory {path} mixes file types {sorted(builders)}; use one kind")
-        return datasets.load_dataset(builders.pop(), data_files=[str(p) for p in files], split="train", **load_kwargs)
+        return _load_files(builders.pop(), files, **load_kwargs)
     if looks_like_path(source):
         raise ValueError(f"dataset path {source} does not exist")
     logger.info("loading dataset %s (split %s) with datasets.load_dataset", source, split)

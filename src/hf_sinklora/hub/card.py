@@ -17,6 +17,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .files import write_text_atomic
+
 CARD_FILE = "README.md"
 RECIPE_FILE = "sinklora_recipe.json"
 TAGS = ("sinklora", "sf-attention", "long-context", "lora", "peft", "text-generation")
@@ -261,7 +263,7 @@ def write_model_card(
         record = json.loads(record_file.read_text())
     else:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / RECIPE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
+        write_text_atomic(directory / RECIPE_FILE, json.dumps(record, indent=2, default=str) + "\n")
     card = render_model_card(record, load_path=load_path or str(directory), model_name=model_name or directory.name)
-    card.save(directory / CARD_FILE)
+    write_text_atomic(directory / CARD_FILE, str(card))
     return card

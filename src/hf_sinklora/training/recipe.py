@@ -7,8 +7,10 @@ RoPE interpolation, set the SF-Attn settings, wrap it with the LoRA+ config and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,8 @@ from typing import Any, Literal
 
 from .._checks import DTYPE_NAMES, is_int, is_number, torch_dtype
 from ..attention.config import SFAttentionConfig
+from ..data.sources import looks_like_path
+from .runs import SaveOnInterrupt, TrainingInterrupted, latest_complete_checkpoint, prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +62,8 @@ class TrainSettings:
     sink_tokens: int = _opt(4, "SF-Attn sink tokens per sequence (>= 0)")
     shifted_head_ratio: float = _opt(0.5, "fraction of heads whose groups are shifted by half a group, in [0, 1]")
     push_to_hub: str | None = _opt(None, "Hub repo id to push the adapter and card to at the end")
-    resume: bool = _opt(False, "resume from the latest checkpoint in --output-dir (starts fresh if there is none)")
+    resume: bool = _opt(False, "resume the run in --output-dir from its latest complete checkpoint (same settings)")
+    overwrite: bool = _opt(False, "clear --output-dir first when it holds another run")
     dataset_split: str = _opt("train", "split of a hub dataset")
     eval_dataset: str | None = _opt(None, "evaluation data (same formats); loss and perplexity go on the card")
     batch_size: int = _opt(1, "per-device batch size")
@@ -78,6 +83,9 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         self.validate()
+        local = Path(self.model).expanduser()
+        if local.exists():  # recorded as an absolute path, so the adapter loads from anywhere
+            self.model = str(local.resolve())
 
     def validate(self) -> None:
         """Raises ``ValueError`` naming the first bad setting."""
@@ -101,12 +109,40 @@ class TrainSettings:
         for name, ok, allowed in checks:
             if not ok:
                 raise ValueError(f"{name} must be {allowed}, got {getattr(self, name)!r}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: continue the run or replace it")
         SFAttentionConfig(**self.sf_attention_settings())  # its own range checks, named
 
     def sf_attention_settings(self) -> dict[str, Any]:
         """The ``configure_sf_attention`` keywords these settings stand for."""
         return dict(group_size_ratio=self.group_size_ratio, group_size=self.group_size,
                     num_sink_tokens=self.sink_tokens, shifted_head_ratio=self.shifted_head_ratio)
+
+
+def check_model_and_target(settings: TrainSettings) -> None:
+    """What can be checked before anything heavy loads: the model is there, the target extends it,
+    a push can authenticate.
+
+    Raises:
+        ValueError: one line naming the problem.
+    """
+    from huggingface_hub import get_token
+    from transformers import AutoConfig
+
+    if looks_like_path(settings.model) and not Path(settings.model).expanduser().exists():
+        raise ValueError(f"model {settings.model} does not exist (a local path, not a hub id)")
+    try:
+        config = AutoConfig.from_pretrained(settings.model)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model {settings.model!r} cannot be loaded: {first_line}") from None
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    if context is not None and settings.target_length <= context:
+        raise ValueError(f"target_length={settings.target_length} is not above the model's context "
+                         f"(max_position_embeddings={context}): nothing would be extended")
+    if settings.push_to_hub and get_token() is None:
+        raise ValueError(f"push_to_hub={settings.push_to_hub!r} needs a Hugging Face token: "
+                         "run `hf auth login` or set HF_TOKEN (checked before training)")
 
 
 def _dataset_label(source: str) -> str:
@@ -171,6 +207,10 @@ def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbac
     from .lora import sinklora_lora_config
     from .trainer import SinkLoRATrainer
 
+    check_model_and_target(settings)
+    source = train_dataset if train_dataset is not None else settings.dataset
+    train = load_sft_dataset(source, split=settings.dataset_split)  # bad data fails before the model loads
+    eval_dataset = load_sft_dataset(settings.eval_dataset) if settings.eval_dataset else None
     set_seed(settings.seed)
     tokenizer = AutoTokenizer.from_pretrained(settings.model)
     if tokenizer.pad_token is None:
@@ -182,9 +222,6 @@ def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbac
     extend_context(model, settings.target_length)
     tokenizer.model_max_length = settings.target_length
     configure_sf_attention(model, **settings.sf_attention_settings())
-    source = train_dataset if train_dataset is not None else settings.dataset
-    train = load_sft_dataset(source, split=settings.dataset_split)
-    eval_dataset = load_sft_dataset(settings.eval_dataset) if settings.eval_dataset else None
     peft_config = sinklora_lora_config(model, r=settings.lora_r, alpha=settings.lora_alpha,
                                        dropout=settings.lora_dropout)
     trainer = SinkLoRATrainer(
@@ -214,21 +251,23 @@ def run_training(
         A summary dict (steps, logged losses, time, paths).
 
     Raises:
-        ValueError: a bad setting (named), or bad data.
+        ValueError: a bad setting (named), bad data, or an ``output_dir`` that holds another run.
+        TrainingInterrupted: SIGINT/SIGTERM arrived; a resumable checkpoint was saved first.
     """
-    from transformers.trainer_utils import get_last_checkpoint
-
     started = time.perf_counter()
-    trainer = build_trainer(settings, train_dataset=train_dataset, callbacks=callbacks)
-    checkpoint = None
-    if settings.resume:
-        output_dir = Path(settings.output_dir)
-        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if checkpoint is None:
-            logger.warning("--resume: no checkpoint in %s; training from the start", output_dir)
-        else:
-            logger.info("resuming from %s", checkpoint)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, one process prepares the directory
+        prepare_output_dir(settings.output_dir, dataclasses.asdict(settings), resume=settings.resume,
+                           overwrite=settings.overwrite)
+    interrupt = SaveOnInterrupt()
+    trainer = build_trainer(settings, train_dataset=train_dataset, callbacks=[*(callbacks or []), interrupt])
+    checkpoint = latest_complete_checkpoint(settings.output_dir) if settings.resume else None
+    if settings.resume and checkpoint is None:
+        logger.warning("--resume: no checkpoint in %s yet; training from the start", settings.output_dir)
+    elif checkpoint:
+        logger.info("resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
+    if interrupt.signum is not None:
+        raise TrainingInterrupted(interrupt.signum, latest_complete_checkpoint(settings.output_dir))
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     trainer.save_model()
     pushed = None

@@ -8,6 +8,9 @@ What this subclass adds is on the save side, for the final save and every checkp
 * the recipe record and the model card ``README.md``, written *after* transformers/peft have
   saved (peft writes its generic card inside ``save_pretrained``), and instead of TRL's card
   that ``SFTTrainer`` writes into ``output_dir`` before each checkpoint.
+
+Each save is staged and moved into place with the files that make it loadable last, so a killed
+save never leaves a half-written adapter or card that loads.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from huggingface_hub import EvalResult
 from trl import SFTTrainer
 
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
+from ..hub.files import staged_save, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +115,16 @@ class SinkLoRATrainer(SFTTrainer):
         ]
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
-        if self.args.should_save:
-            output_dir = output_dir if output_dir is not None else self.args.output_dir
+        """Saves the weights, tokenizer and arguments (transformers/peft) plus the SinkLoRA files,
+        all staged and moved into ``output_dir`` together (see :mod:`hf_sinklora.hub.files`)."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            super()._save(output_dir, state_dict=state_dict)
+            return
+        with staged_save(output_dir) as staging:
+            super()._save(str(staging), state_dict=state_dict)
             save_sinklora_files(
-                self.accelerator.unwrap_model(self.model, keep_torch_compile=False), output_dir,
+                self.accelerator.unwrap_model(self.model, keep_torch_compile=False), staging,
                 datasets=self.dataset_names, training=self._training_facts(), eval_results=self._eval_results(),
             )
 
@@ -130,7 +139,5 @@ class SinkLoRATrainer(SFTTrainer):
             training=self._training_facts(), eval_results=self._eval_results(),
         )
         load_path = self.args.hub_model_id or self.args.output_dir
-        os.makedirs(self.args.output_dir, exist_ok=True)
-        render_model_card(record, load_path=load_path, model_name=model_name).save(
-            os.path.join(self.args.output_dir, CARD_FILE)
-        )
+        card = render_model_card(record, load_path=load_path, model_name=model_name)
+        write_text_atomic(os.path.join(self.args.output_dir, CARD_FILE), str(card))

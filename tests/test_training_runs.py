@@ -1,0 +1,218 @@
+"""What a real user runs into: relative paths, re-used output directories, interrupts, killed
+saves, and mistakes that must fail in one line before anything heavy loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+
+import hf_sinklora
+from hf_sinklora.cli import main
+from hf_sinklora.hub import files
+from hf_sinklora.hub.files import staged_save
+from hf_sinklora.training import runs
+from hf_sinklora.training.recipe import TrainSettings, run_training
+from hf_sinklora.training.runs import TrainingInterrupted, latest_complete_checkpoint, prepare_output_dir
+
+
+def _settings(ws, out, **overrides):
+    values = dict(model=str(ws["base"]), dataset=str(ws["train"]), target_length=320, output_dir=str(out),
+                  max_steps=3, batch_size=2, logging_steps=1, save_steps=0, gradient_checkpointing=False,
+                  disable_tqdm=True, seed=3)
+    return TrainSettings(**{**values, **overrides})
+
+
+def _argv(ws, out, *extra):
+    return ["train", "--model", str(ws["base"]), "--dataset", str(ws["train"]), "--target-length", "320",
+            "--output-dir", str(out), "--max-steps", "2", "--batch-size", "2", "--save-steps", "0",
+            "--no-gradient-checkpointing", "--disable-tqdm", *extra]
+
+
+# ------------------------------------------------------------------ 1. relative base paths
+
+def test_a_relative_model_path_is_recorded_absolute(recipe_workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(recipe_workspace["root"])
+    out = tmp_path / "out"
+    settings = _settings(recipe_workspace, out, model="base", max_steps=1)
+    assert settings.model == str(recipe_workspace["base"].resolve())
+    run_training(settings)
+    recorded = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str(recipe_workspace["base"].resolve())
+    monkeypatch.chdir(tmp_path)
+    model = hf_sinklora.load_model(out)  # from another directory
+    assert model.config.rope_parameters["factor"] == 5.0
+
+
+# ------------------------------------------------------------------ 2. re-used output directories
+
+def test_a_directory_holding_a_run_is_refused_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "out"
+    settings = {"model": "m", "lr": 1e-4, "resume": False}
+    prepare_output_dir(out, settings, resume=False, overwrite=False)
+    (out / "checkpoint-20").mkdir()
+    with pytest.raises(ValueError, match="already holds a run .*pass --resume to continue it or --overwrite"):
+        prepare_output_dir(out, settings, resume=False, overwrite=False)
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.0001 -> 0.001\)"):
+        prepare_output_dir(out, {**settings, "lr": 1e-3, "resume": True}, resume=True, overwrite=False)
+    prepare_output_dir(out, {**settings, "resume": True}, resume=True, overwrite=False)  # same run: fine
+    assert (out / "checkpoint-20").is_dir()
+    prepare_output_dir(out, {**settings, "lr": 1e-3}, resume=False, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == [runs.RUN_FILE]
+    assert json.loads((out / runs.RUN_FILE).read_text())["lr"] == 1e-3
+
+
+def test_resume_refuses_a_directory_that_is_no_run(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="no sinklora_run.json"):
+        prepare_output_dir(tmp_path, {}, resume=True, overwrite=False)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a directory"):
+        prepare_output_dir(tmp_path / "file", {}, resume=False, overwrite=False)
+
+
+def test_the_cli_refuses_a_second_run_in_the_same_directory(recipe_workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(_argv(recipe_workspace, out)) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(recipe_workspace, out, "--lr", "1e-3"))
+    assert exit_info.value.code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(_argv(recipe_workspace, out, "--lr", "1e-3", "--resume"))
+    assert "lr: 0.0002 -> 0.001" in capsys.readouterr().err
+    assert main(_argv(recipe_workspace, out, "--max-steps", "1", "--overwrite")) == 0
+    assert json.loads((out / runs.RUN_FILE).read_text())["max_steps"] == 1
+
+
+# ------------------------------------------------------------------ 3. interrupts
+
+def _interrupt_at(step, signum=signal.SIGINT):
+    from transformers import TrainerCallback
+
+    class RaiseSignal(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                signal.raise_signal(signum)
+
+    return RaiseSignal()
+
+
+def test_an_interrupt_saves_a_checkpoint_and_resume_finishes_the_run(recipe_workspace, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(TrainingInterrupted) as stop:
+        run_training(_settings(recipe_workspace, out, max_steps=5), callbacks=[_interrupt_at(2)])
+    assert stop.value.exit_code == 130 and stop.value.checkpoint == str(out / "checkpoint-3")
+    assert "continue with --resume" in str(stop.value)
+    assert not (out / "adapter_config.json").exists(), "an interrupted run must not look finished"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handlers are given back"
+    summary = run_training(_settings(recipe_workspace, out, max_steps=5, resume=True))
+    assert summary["resumed_from"] == str(out / "checkpoint-3")
+    assert summary["global_step"] == 5
+    assert (out / "adapter_config.json").is_file()
+
+
+def test_sigterm_through_the_cli_exits_non_zero_with_one_line(recipe_workspace, tmp_path, capsys, monkeypatch):
+    real_init = runs.SaveOnInterrupt.on_step_end
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 1 and self.signum is None:
+            signal.raise_signal(signal.SIGTERM)
+        return real_init(self, args, state, control, **kwargs)
+
+    monkeypatch.setattr(runs.SaveOnInterrupt, "on_step_end", on_step_end)
+    assert main(_argv(recipe_workspace, tmp_path / "out", "--max-steps", "4")) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("hf-sinklora: interrupted by SIGTERM: checkpoint saved to ")
+    assert err[-1].endswith("checkpoint-1; continue with --resume")
+
+
+# ------------------------------------------------------------------ 4. atomic saves
+
+@pytest.mark.parametrize("moves_before_kill", range(4))
+def test_a_killed_save_leaves_nothing_that_loads_half_written(tmp_path, monkeypatch, moves_before_kill):
+    out = tmp_path / "adapter"
+    with staged_save(out) as staging:  # a complete earlier save
+        for name in ("adapter_config.json", "weights", "README.md", "config.json"):
+            (staging / name).write_text("old")
+    real_replace, moves = os.replace, []  # os.replace is atomic per file: a kill falls between two moves
+
+    def dying_replace(src, dst):
+        if len(moves) == moves_before_kill:
+            raise KeyboardInterrupt("killed")
+        moves.append(dst)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", dying_replace)
+    staging = out / ".saving-test"
+    staging.mkdir()
+    for name in ("adapter_config.json", "weights", "README.md", "config.json"):
+        (staging / name).write_text("new")
+    with pytest.raises(KeyboardInterrupt):
+        files.publish(staging, out)  # 4 moves: README.md, weights, then config.json, adapter_config.json
+    assert not (out / "adapter_config.json").exists(), "killed before the last move: nothing may load"
+    assert not (out / "config.json").exists() or moves_before_kill == 3
+
+
+def test_an_error_inside_a_save_changes_nothing(tmp_path):
+    out = tmp_path / "adapter"
+    with staged_save(out) as staging:
+        (staging / "adapter_config.json").write_text("old")
+    with pytest.raises(RuntimeError), staged_save(out) as staging:
+        (staging / "adapter_config.json").write_text("new")
+        raise RuntimeError("disk full")
+    assert (out / "adapter_config.json").read_text() == "old"
+    assert [p.name for p in out.iterdir()] == ["adapter_config.json"]
+
+
+def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
+    for step, state in ((5, "{}"), (7, '{"global_st'), (9, None)):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    assert latest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-5")
+
+
+# ------------------------------------------------------------------ 11. one-line errors before the model loads
+
+@pytest.mark.parametrize("change,message", [
+    (("--model", "./nope"), "model ./nope does not exist (a local path, not a hub id)"),
+    (("--model", "nobody/no-such-model"), "model 'nobody/no-such-model' cannot be loaded"),
+    (("--dataset", "nofile.jsonl"), "dataset path nofile.jsonl does not exist"),
+    (("--target-length", "64"), "target_length=64 is not above the model's context (max_position_embeddings=64)"),
+])
+def test_bad_inputs_fail_in_one_line(recipe_workspace, tmp_path, capsys, change, message):
+    argv = _argv(recipe_workspace, tmp_path / "out")
+    argv[argv.index(change[0]) + 1] = change[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_corrupt_jsonl_names_the_file_and_line(recipe_workspace, tmp_path, capsys):
+    data = tmp_path / "broken.jsonl"
+    data.write_text('{"text": "fine"}\n{"text": "fine too"}\n{"text": broken\n')
+    argv = _argv(recipe_workspace, tmp_path / "out")
+    argv[argv.index("--dataset") + 1] = str(data)
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert f"dataset file {data}, line 3: Expecting value" in capsys.readouterr().err
+
+
+def test_push_without_a_token_fails_before_training(recipe_workspace, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    with pytest.raises(SystemExit):
+        main(_argv(recipe_workspace, tmp_path / "out", "--push-to-hub", "me/model"))
+    assert "needs a Hugging Face token" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_debug_shows_the_traceback(recipe_workspace, tmp_path):
+    argv = _argv(recipe_workspace, tmp_path / "out")
+    argv[argv.index("--model") + 1] = "./nope"
+    with pytest.raises(ValueError, match="does not exist"):
+        main(["--debug", *argv])
