@@ -46,6 +46,12 @@ def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
     assert (out / "summary.png").stat().st_size > 10_000
     card = ModelCard.load(out / "adapter" / "README.md")
     assert "sinklora" in card.data.tags and "H2OCache" in card.text
+    record = json.loads((out / "adapter" / "sinklora_recipe.json").read_text())  # measurements go into the card
+    assert {(r["metric_type"], r["metric_value"]) for r in record["eval_results"]} == {
+        ("perplexity", round(quality["after"]["ppl"], 3)), ("accuracy", quality["after"]["passkey"]["128"])}
+    assert "| perplexity on Python standard library sources (held out) (128-token windows) |" in card.text
+    assert str(out / "adapter") != json.loads((out / "adapter" / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] and Path(summary["base"]["path"]).is_absolute()
     reloaded = hf_sinklora.load_model(out / "adapter")
     assert reloaded.config.rope_parameters["factor"] == 4.0 and reloaded.config.max_position_embeddings == 128
     assert "held-out ppl @128" in printed and "H2OCache(40)" in printed

@@ -61,10 +61,14 @@ def test_loss_goes_down_on_the_long_task(cli_run):
                              output_dir=str(cli_run["out"].parent / "before"), batch_size=4)
     before = build_trainer(settings).evaluate()["eval_loss"]  # the untrained model (LoRA B = 0), same pipeline
     # evaluated after training (the card's model-index); about 6.6 -> 1.1 here
-    card = ModelCard.load(cli_run["out"] / "README.md")
-    results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    record = json.loads((cli_run["out"] / "sinklora_recipe.json").read_text())
+    results = {r["metric_type"]: r["metric_value"] for r in record["eval_results"]}
     assert results["loss"] < 0.5 * before, (before, results)
     assert results["perplexity"] == pytest.approx(math.exp(results["loss"]), rel=1e-3)
+    # local evaluation data is named in the card's text, not in its model-index (which names hub datasets)
+    card = ModelCard.load(cli_run["out"] / "README.md")
+    assert card.data.eval_results is None
+    assert f"| perplexity on eval.jsonl (local file) (eval) | {results['perplexity']} |" in card.text
 
 
 @pytest.mark.slow
@@ -74,7 +78,10 @@ def test_saved_files_are_complete(cli_run):
         names = {p.name for p in directory.iterdir()}
         assert {"adapter_model.safetensors", "adapter_config.json", "config.json", "README.md",
                 "sinklora_recipe.json", "tokenizer.json", "tokenizer_config.json"} <= names, directory
-        config = json.loads((directory / "config.json").read_text())
+        wrapper = json.loads((directory / "config.json").read_text())
+        assert wrapper["model_type"] == "sinklora_adapter"  # plain transformers loads it after import hf_sinklora
+        config = wrapper["base_config"]
+        assert config["model_type"] == "llama"
         assert config["rope_parameters"] == {"rope_type": "linear", "factor": 5.0, "rope_theta": 10000.0}
         assert config["max_position_embeddings"] == TARGET
         assert config["sf_attention"]["num_sink_tokens"] == 2 and config["sf_attention"]["group_size_ratio"] == 0.25
@@ -144,7 +151,8 @@ def test_card_metadata_names_hub_ids():
 
 def _reference_model(out, base_dir):
     """The adapter applied by hand: W + (alpha / r) B A, saved embeddings and norms (no peft involved)."""
-    config = AutoConfig.from_pretrained(out)
+    saved = json.loads((out / "config.json").read_text())["base_config"]  # the trained config, RoPE scaling included
+    config = AutoConfig.for_model(saved.pop("model_type"), **saved)
     model = AutoModelForCausalLM.from_pretrained(base_dir, config=config, attn_implementation="sdpa").eval()
     adapter = json.loads((out / "adapter_config.json").read_text())
     scale = adapter["lora_alpha"] / adapter["r"]

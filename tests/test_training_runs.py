@@ -216,3 +216,60 @@ def test_debug_shows_the_traceback(recipe_workspace, tmp_path):
     argv[argv.index("--model") + 1] = "./nope"
     with pytest.raises(ValueError, match="does not exist"):
         main(["--debug", *argv])
+
+
+# ------------------------------------------------------------------ 5. loading like any transformers model
+
+@pytest.fixture(scope="module")
+def one_step_adapter(recipe_workspace, tmp_path_factory):
+    out = tmp_path_factory.mktemp("adapter") / "out"
+    run_training(_settings(recipe_workspace, out, max_steps=1, attention="full", lr=1e-2))
+    return out
+
+
+def test_plain_transformers_and_pipeline_load_base_adapter_and_rope(one_step_adapter):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, pipeline
+
+    reference = hf_sinklora.load_model(one_step_adapter)
+    model = AutoModelForCausalLM.from_pretrained(one_step_adapter)
+    assert isinstance(model, PeftModel) and not model.training
+    assert model.config.rope_parameters["factor"] == 5.0 and model.config.max_position_embeddings == 320
+    assert model.config._attn_implementation == "sf_attention" and model.config.sf_attention["num_sink_tokens"] == 4
+    ids = torch.arange(3, 40)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits)
+    generator = pipeline("text-generation", model=str(one_step_adapter))
+    assert generator.model.config.rope_parameters["factor"] == 5.0
+    text = generator("def main():", max_new_tokens=5, do_sample=False)[0]["generated_text"]
+    assert text.startswith("def main():") and len(text) > len("def main():")
+
+
+# ------------------------------------------------------------------ 6. the card tells the truth
+
+def test_the_card_names_the_training_attention_the_real_scaling_and_the_cache_argument(one_step_adapter):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(one_step_adapter / "README.md")
+    assert "| `attn_implementation` while training | `sdpa` |" in card.text
+    assert "full causal attention (`sdpa`) during training" in card.text
+    assert "Sink Fixed Attention (SF-Attn) during training" not in card.text
+    assert "| scaling | linear position interpolation, factor 5.0 |" in card.text
+    assert "cache=H2OCache(" in card.text and "past_key_values=" not in card.text
+    assert "eval_dataset" not in card.text
+    record = json.loads((one_step_adapter / "sinklora_recipe.json").read_text())
+    assert record["attn_implementation"] == "sdpa"
+
+
+def test_card_tags_and_rope_descriptions():
+    from hf_sinklora.hub.card import render_model_card, rope_description
+
+    assert rope_description({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}) == "none (plain RoPE)"
+    assert rope_description({"rope_parameters": {
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0}, "full_attention": {"rope_type": "yarn"}}}) == (
+        "sliding_attention: linear position interpolation, factor 2.0; full_attention: yarn (not from this recipe)")
+    record = {"base_model": None, "model_type": "llama", "adapter": None, "rope": {}, "sf_attention": {},
+              "datasets": [], "training": {}, "eval_results": [], "framework_versions": {}}
+    card = render_model_card(record, load_path="me/model", tags=["medical", "sinklora"])
+    assert card.data.tags[-1] == "medical" and card.data.tags.count("sinklora") == 1

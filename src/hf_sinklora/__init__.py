@@ -9,12 +9,14 @@ imported on first use, so peft and trl load only when needed.
 from ._lazy import lazy_getattr
 from .attention import SFAttentionConfig, configure_sf_attention
 from .attention import register as _register_attention
+from .hub.auto import register as _register_adapter_loading
 from .cache import EvictingCache, H2OCache, H2OPolicy, RecentWindowPolicy, StreamingLLMPolicy
 from .evaluation import evaluate_perplexity, make_passkey_prompt, passkey_accuracy, perplexity
 
 __version__ = "0.1.0.dev0"
 
 _register_attention()
+_register_adapter_loading()
 
 _LAZY = {
     "extend_context": ".rope",

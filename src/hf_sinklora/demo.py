@@ -26,6 +26,7 @@ from .data.sources import load_books, load_texts
 from .evaluation import minimum_prompt_length, passkey_accuracy, perplexity, tokenize_documents
 from .evaluation.timing import timed_generate
 from .experiment.base_model import BaseModelRecipe, cached_base_model
+from .hub.card import RECIPE_FILE, write_model_card
 from .hub.loading import load_model
 from .rope import extend_context
 from .training.recipe import TrainSettings, run_training
@@ -160,6 +161,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
                                    settings.seed) if lengths else {"per_length": {}}
         quality[name] = {"ppl": perplexity(model, held_out, target).perplexity, "passkey": passkey["per_length"]}
     quality["base_at_own_context"] = base_ppl
+    record_results_on_card(adapter_dir, quality["after"], data_name, target)
 
     _stage(4, f"generation: H2OCache at a {settings.h2o_budget:.0%} budget vs the full cache")
     h2o = _h2o_comparison(after, tokenizer, held_texts, settings, target)
@@ -179,6 +181,20 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_summary(summary, output_dir / "summary.png")
     return summary
+
+
+def record_results_on_card(adapter_dir: Path, after: dict[str, Any], data_name: str, target: int) -> None:
+    """Adds the measured perplexity and passkey accuracy to the adapter's recipe record and card."""
+    record = json.loads((adapter_dir / RECIPE_FILE).read_text())
+    common = dict(task_type="text-generation", dataset_type=data_name)
+    record["eval_results"] = [
+        *record.get("eval_results", []),
+        {**common, "dataset_name": f"{data_name} (held out)", "dataset_split": f"{target}-token windows",
+         "metric_type": "perplexity", "metric_value": round(after["ppl"], 3)},
+        *({**common, "dataset_name": f"passkey retrieval, {length}-token prompts", "metric_type": "accuracy",
+           "metric_value": round(accuracy, 3)} for length, accuracy in after["passkey"].items()),
+    ]
+    write_model_card(adapter_dir, record)
 
 
 def _h2o_comparison(model: Any, tokenizer: Any, texts: list[str], settings: DemoSettings, target: int) -> dict[str, Any]:

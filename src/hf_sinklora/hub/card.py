@@ -113,7 +113,7 @@ def recipe_record(
             "factor": factor,
             "max_position_embeddings": getattr(config, "max_position_embeddings", None),
         },
-        "attn_implementation": "sf_attention",
+        "attn_implementation": getattr(config, "_attn_implementation", None) or "sf_attention",
         "sf_attention": sf_config_from(config).to_dict(),
         "datasets": [str(name) for name in datasets],
         "training": dict(training or {}),
@@ -133,15 +133,45 @@ def _code_list(names: Iterable[str]) -> str:
     return ", ".join(f"`{n}`" for n in names) if names else "none"
 
 
+TRAINING_ATTENTION = {
+    "sf_attention": "Sink Fixed Attention (SF-Attn)",
+    "s2_attention": "shifted sparse attention without sinks (S2-Attn, an ablation)",
+}
+
+
+def _training_attention(record: Mapping[str, Any]) -> str:
+    name = record.get("attn_implementation") or "sf_attention"
+    return TRAINING_ATTENTION.get(name, f"full causal attention (`{name}`)")
+
+
+def rope_description(rope: Mapping[str, Any]) -> str:
+    """What the RoPE scaling in ``rope["rope_parameters"]`` does, in words."""
+    parameters = rope.get("rope_parameters") or {}
+    entries = {None: parameters} if "rope_type" in parameters or "type" in parameters or not parameters else parameters
+    described = []
+    for layer_type, entry in entries.items():
+        entry = entry or {}
+        kind = entry.get("rope_type", entry.get("type", "default"))
+        if kind == "linear":
+            text = f"linear position interpolation, factor {entry.get('factor')}"
+        elif kind == "longrope" and len(set(entry.get("short_factor") or []) | set(entry.get("long_factor") or [])) == 1:
+            text = f"linear position interpolation (as uniform longrope), factor {entry.get('factor')}"
+        elif kind == "default":
+            text = "none (plain RoPE)"
+        else:
+            text = f"{kind} (not from this recipe)"
+        described.append(text if layer_type is None else f"{layer_type}: {text}")
+    return "; ".join(described)
+
+
 def _loading_section(record: dict[str, Any], load_path: str) -> str:
-    base = record["base_model"] or "<base model>"
     adapter = record["adapter"] is not None
     plain = (
-        f"config = AutoConfig.from_pretrained(\"{load_path}\")  # RoPE scaling + sf_attention settings\n"
-        f"base = AutoModelForCausalLM.from_pretrained(\"{base}\", config=config, attn_implementation=\"sf_attention\")\n"
-        f"model = PeftModel.from_pretrained(base, \"{load_path}\")"
+        f"model = AutoModelForCausalLM.from_pretrained(\"{load_path}\")  # base + adapter, RoPE scaling, sf_attention\n"
+        f"generator = pipeline(\"text-generation\", model=\"{load_path}\")"
         if adapter else
-        f"model = AutoModelForCausalLM.from_pretrained(\"{load_path}\", attn_implementation=\"sf_attention\")"
+        f"model = AutoModelForCausalLM.from_pretrained(\"{load_path}\", attn_implementation=\"sf_attention\")\n"
+        f"generator = pipeline(\"text-generation\", model=model, tokenizer=\"{load_path}\")"
     )
     return f"""## How to load
 
@@ -154,31 +184,37 @@ model = hf_sinklora.load_model("{load_path}")  # base + adapter, RoPE scaling, s
 tokenizer = AutoTokenizer.from_pretrained("{load_path}")
 inputs = tokenizer(long_prompt, return_tensors="pt")
 # H2O KV-cache eviction keeps at most `budget` tokens per layer while generating
-out = model.generate(**inputs, past_key_values=H2OCache(budget=2048), max_new_tokens=256)
+out = model.generate(**inputs, cache=H2OCache(budget=2048), max_new_tokens=256)
 ```
 
 `load_model` reads the base model from `adapter_config.json`, the RoPE scaling and SF-Attn settings
 from `config.json`, and loads with `attn_implementation="sf_attention"` (SF-Attn while training,
 ordinary causal attention in eval mode). `hf_sinklora.merge_adapter("{load_path}", "merged")` writes a
-plain model with the LoRA merged in. With transformers and peft alone:
+plain model with the LoRA merged in. transformers' own loaders work too, once `hf_sinklora` is
+imported (it registers this directory's `config.json` type, which carries the RoPE scaling):
 
 ```python
 import hf_sinklora
-from peft import PeftModel
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, pipeline
 
 {plain}
 ```
 """
 
 
-def render_model_card(record: Mapping[str, Any], load_path: str | None = None, model_name: str | None = None) -> ModelCard:
+def render_model_card(
+    record: Mapping[str, Any],
+    load_path: str | None = None,
+    model_name: str | None = None,
+    tags: Iterable[str] = (),
+) -> ModelCard:
     """The card for a recipe ``record`` (see :func:`recipe_record`).
 
     Args:
         record: the recipe record.
         load_path: the repo id or directory the snippets load from.
         model_name: name in the title and model-index (default: last part of ``load_path``).
+        tags: extra metadata tags, after the SinkLoRA ones.
     """
     record = dict(record)
     load_path = load_path or "path/to/this/directory"
@@ -188,28 +224,30 @@ def render_model_card(record: Mapping[str, Any], load_path: str | None = None, m
     base_model = record.get("base_model")
     hub_datasets = [d for d in record.get("datasets", []) if hub_id_or_none(d)]
     eval_results = [EvalResult(**r) for r in record.get("eval_results", [])]
+    indexed = [r for r in eval_results if hub_id_or_none(r.dataset_type)]  # the model-index names hub datasets
+    own_tags = list(TAGS) if adapter else [t for t in TAGS if t not in ("lora", "peft")]
     data = ModelCardData(
         base_model=hub_id_or_none(base_model),
         library_name="peft" if adapter else "transformers",
-        tags=list(TAGS) if adapter else [t for t in TAGS if t not in ("lora", "peft")],
+        tags=own_tags + [t for t in dict.fromkeys(tags) if t not in own_tags],
         datasets=hub_datasets or None,
         pipeline_tag="text-generation",
-        model_name=model_name if eval_results else None,
-        eval_results=eval_results or None,
+        model_name=model_name if indexed else None,
+        eval_results=indexed or None,
     )
     what = "a LoRA adapter (SinkLoRA recipe)" if adapter else "a model fine-tuned with the SinkLoRA recipe"
     parts = [
         f"# {model_name}",
         f"This is {what} for `{base_model or 'an unnamed base model'}` ({record.get('model_type')}), trained with "
-        "[hf-sinklora](https://arxiv.org/abs/2406.05678): Sink Fixed Attention (SF-Attn) during training, linear "
-        f"RoPE position interpolation to **{rope.get('max_position_embeddings')} tokens**, and LoRA on the attention "
-        "projections with the embeddings and norms trained in full (LongLoRA's \"LoRA+\").",
+        f"[hf-sinklora](https://arxiv.org/abs/2406.05678): {_training_attention(record)} during training, RoPE "
+        f"scaling to **{rope.get('max_position_embeddings')} tokens** ({rope_description(rope)}), and LoRA on the "
+        "attention projections with the embeddings and norms trained in full (LongLoRA's \"LoRA+\").",
         _loading_section(record, load_path),
         "## SF-Attn settings (`config.sf_attention`)\n\n" + _table(record.get("sf_attention", {}).items())
         + "\n\nSF-Attn is the training-time attention; with `eval_mode=\"full\"` inference uses ordinary causal "
         "attention.",
         "## RoPE scaling\n\n" + _table([
-            ("type", "linear position interpolation"),
+            ("scaling", rope_description(rope)),
             ("factor", rope.get("factor")),
             ("target length (`max_position_embeddings`)", rope.get("max_position_embeddings")),
             ("`rope_parameters`", f"`{json.dumps(rope.get('rope_parameters'))}`"),
@@ -231,6 +269,10 @@ def render_model_card(record: Mapping[str, Any], load_path: str | None = None, m
     parts.append("## Training data and procedure\n\n"
                  + f"Data: {_code_list(data_names) if data_names else 'not recorded'}.\n\n"
                  + (_table(training.items()) if training else "No training facts recorded."))
+    parts.insert(2, "## Training attention\n\n" + _table([
+        ("`attn_implementation` while training", f"`{record.get('attn_implementation') or 'sf_attention'}`"),
+        ("what it is", _training_attention(record)),
+    ]))
     if eval_results:
         rows = [(f"{r.metric_type} on {r.dataset_name}" + (f" ({r.dataset_split})" if r.dataset_split else ""),
                  r.metric_value) for r in eval_results]
@@ -246,6 +288,7 @@ def write_model_card(
     record: Mapping[str, Any] | None = None,
     load_path: str | None = None,
     model_name: str | None = None,
+    tags: Iterable[str] = (),
 ) -> ModelCard:
     """Writes ``README.md`` (and ``sinklora_recipe.json`` when ``record`` is given) into ``directory``.
 
@@ -264,6 +307,7 @@ def write_model_card(
     else:
         directory.mkdir(parents=True, exist_ok=True)
         write_text_atomic(directory / RECIPE_FILE, json.dumps(record, indent=2, default=str) + "\n")
-    card = render_model_card(record, load_path=load_path or str(directory), model_name=model_name or directory.name)
+    card = render_model_card(record, load_path=load_path or str(directory), model_name=model_name or directory.name,
+                             tags=tags)
     write_text_atomic(directory / CARD_FILE, str(card))
     return card

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .auto import SinkLoRAAdapterConfig
+
 logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -83,7 +85,9 @@ def load_model(
     base_kwargs = {k: v for k, v in kwargs.items() if k != "revision"}  # the revision is the adapter's
     if "config" not in base_kwargs:
         if _has_model_config(path, hub_kwargs):
-            base_kwargs["config"] = AutoConfig.from_pretrained(path, **hub_kwargs)
+            config = AutoConfig.from_pretrained(path, **hub_kwargs)
+            # SinkLoRA adapters wrap the base config (see hub/auto.py); older saves hold it plainly
+            base_kwargs["config"] = config.to_base_config() if isinstance(config, SinkLoRAAdapterConfig) else config
         else:
             logger.warning(
                 "%s has no %s: the base model's RoPE and sf_attention settings are used (saved without "

@@ -233,6 +233,7 @@ def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbac
         peft_config=peft_config,
         callbacks=callbacks,
         dataset_names=[_dataset_label(settings.dataset)],
+        eval_dataset_name=_dataset_label(settings.eval_dataset) if settings.eval_dataset else None,
     )
     logger.info("%s: %s attention, %d trainable parameters, context %d", settings.model,
                 ATTENTION_IMPLEMENTATIONS[settings.attention],

@@ -26,6 +26,7 @@ from typing import Any
 from huggingface_hub import EvalResult
 from trl import SFTTrainer
 
+from ..hub.auto import SinkLoRAAdapterConfig
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
 from ..hub.files import staged_save, write_text_atomic
 
@@ -48,7 +49,7 @@ def save_sinklora_files(
     if getattr(model, "peft_config", None):
         config = copy.deepcopy(base.config)
         config.use_cache = True  # Trainer sets it to TrainingArguments.use_cache (False) while training
-        config.save_pretrained(output_dir)
+        SinkLoRAAdapterConfig.wrapping(config).save_pretrained(output_dir)
     record = recipe_record(model, datasets=datasets, training=training, eval_results=eval_results)
     write_model_card(output_dir, record)
 
@@ -60,12 +61,15 @@ class SinkLoRATrainer(SFTTrainer):
 
     Args:
         dataset_names: names of the training data for the card (hub ids become metadata).
+        eval_dataset_name: name of ``eval_dataset`` for the card's evaluation results.
     """
 
-    def __init__(self, *args: Any, dataset_names: Iterable[str] = (), **kwargs: Any) -> None:
+    def __init__(self, *args: Any, dataset_names: Iterable[str] = (), eval_dataset_name: str | None = None,
+                 **kwargs: Any) -> None:
         given = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
         super().__init__(*args, **kwargs)
         self.dataset_names = [str(name) for name in dataset_names]
+        self.eval_dataset_name = eval_dataset_name
         self._check_nothing_dropped(given)
 
     def _check_nothing_dropped(self, given: Any) -> None:
@@ -103,12 +107,14 @@ class SinkLoRATrainer(SFTTrainer):
         return facts
 
     def _eval_results(self) -> list[dict[str, Any]]:
+        """Loss and perplexity of the last evaluation, on the data named ``eval_dataset_name``
+        (a hub id goes into the card's model-index; a local file into its text only)."""
         evals = [entry for entry in self.state.log_history if "eval_loss" in entry]
         if not evals:
             return []
         loss = evals[-1]["eval_loss"]
-        common = dict(task_type="text-generation", dataset_type="eval_dataset", dataset_name="eval_dataset",
-                      dataset_split="eval")
+        name = self.eval_dataset_name or "held-out data"
+        common = dict(task_type="text-generation", dataset_type=name, dataset_name=name, dataset_split="eval")
         return [
             {**common, "metric_type": "loss", "metric_value": round(loss, 4)},
             {**common, "metric_type": "perplexity", "metric_value": round(math.exp(min(loss, 50.0)), 4)},
@@ -139,5 +145,6 @@ class SinkLoRATrainer(SFTTrainer):
             training=self._training_facts(), eval_results=self._eval_results(),
         )
         load_path = self.args.hub_model_id or self.args.output_dir
-        card = render_model_card(record, load_path=load_path, model_name=model_name)
+        card = render_model_card(record, load_path=load_path, model_name=model_name,
+                                 tags=[tags] if isinstance(tags, str) else tags or ())
         write_text_atomic(os.path.join(self.args.output_dir, CARD_FILE), str(card))
