@@ -15,7 +15,12 @@ from hf_sinklora.hub import files
 from hf_sinklora.hub.files import staged_save
 from hf_sinklora.training import runs
 from hf_sinklora.training.recipe import TrainSettings, run_training
-from hf_sinklora.training.runs import TrainingInterrupted, latest_complete_checkpoint, prepare_output_dir
+from hf_sinklora.training.runs import (
+    TrainingInterrupted,
+    latest_complete_checkpoint,
+    prepare_output_dir,
+    record_run,
+)
 
 
 def _settings(ws, out, **overrides):
@@ -52,6 +57,7 @@ def test_a_directory_holding_a_run_is_refused_resumed_or_overwritten(tmp_path):
     out = tmp_path / "out"
     settings = {"model": "m", "lr": 1e-4, "resume": False}
     prepare_output_dir(out, settings, resume=False, overwrite=False)
+    record_run(out, settings)
     (out / "checkpoint-20").mkdir()
     with pytest.raises(ValueError, match="already holds a run .*pass --resume to continue it or --overwrite"):
         prepare_output_dir(out, settings, resume=False, overwrite=False)
@@ -60,8 +66,7 @@ def test_a_directory_holding_a_run_is_refused_resumed_or_overwritten(tmp_path):
     prepare_output_dir(out, {**settings, "resume": True}, resume=True, overwrite=False)  # same run: fine
     assert (out / "checkpoint-20").is_dir()
     prepare_output_dir(out, {**settings, "lr": 1e-3}, resume=False, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == [runs.RUN_FILE]
-    assert json.loads((out / runs.RUN_FILE).read_text())["lr"] == 1e-3
+    assert list(out.iterdir()) == []
 
 
 def test_resume_refuses_a_directory_that_is_no_run(tmp_path):
@@ -191,6 +196,7 @@ def test_bad_inputs_fail_in_one_line(recipe_workspace, tmp_path, capsys, change,
     err = capsys.readouterr().err
     assert exit_info.value.code == 2
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "a failed start leaves no run"
 
 
 def test_corrupt_jsonl_names_the_file_and_line(recipe_workspace, tmp_path, capsys):
@@ -273,3 +279,15 @@ def test_card_tags_and_rope_descriptions():
               "datasets": [], "training": {}, "eval_results": [], "framework_versions": {}}
     card = render_model_card(record, load_path="me/model", tags=["medical", "sinklora"])
     assert card.data.tags[-1] == "medical" and card.data.tags.count("sinklora") == 1
+
+
+# ------------------------------------------------------------------ 12. quiet logs
+
+def test_training_logs_are_quiet_and_numeric(recipe_workspace, tmp_path, capsys, caplog, recwarn):
+    caplog.set_level("WARNING")
+    run_training(_settings(recipe_workspace, tmp_path / "out", max_steps=2, target_length=200, disable_tqdm=False))
+    printed = capsys.readouterr()
+    messages = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
+    assert not any("is_gradient_checkpointing" in m or "pin_memory" in m for m in messages), messages
+    assert not any("longer than the specified maximum" in m for m in messages), messages
+    assert "step 1: loss=" in printed.out and "'loss': '" not in printed.out + printed.err

@@ -19,7 +19,13 @@ from typing import Any, Literal
 from .._checks import DTYPE_NAMES, is_int, is_number, torch_dtype
 from ..attention.config import SFAttentionConfig
 from ..data.sources import looks_like_path
-from .runs import SaveOnInterrupt, TrainingInterrupted, latest_complete_checkpoint, prepare_output_dir
+from .runs import (
+    SaveOnInterrupt,
+    TrainingInterrupted,
+    latest_complete_checkpoint,
+    prepare_output_dir,
+    record_run,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +227,9 @@ def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbac
     )
     extend_context(model, settings.target_length)
     tokenizer.model_max_length = settings.target_length
+    # TRL tokenizes whole examples, then truncates to max_length and SinkLoRATrainer reports what was
+    # dropped: the tokenizer's "longer than the specified maximum" warning (its own warn-once flag) is noise
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
     configure_sf_attention(model, **settings.sf_attention_settings())
     peft_config = sinklora_lora_config(model, r=settings.lora_r, alpha=settings.lora_alpha,
                                        dropout=settings.lora_dropout)
@@ -256,11 +265,14 @@ def run_training(
         TrainingInterrupted: SIGINT/SIGTERM arrived; a resumable checkpoint was saved first.
     """
     started = time.perf_counter()
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, one process prepares the directory
-        prepare_output_dir(settings.output_dir, dataclasses.asdict(settings), resume=settings.resume,
-                           overwrite=settings.overwrite)
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, one process owns the directory
+    record = dataclasses.asdict(settings)
+    if main_process:
+        prepare_output_dir(settings.output_dir, record, resume=settings.resume, overwrite=settings.overwrite)
     interrupt = SaveOnInterrupt()
     trainer = build_trainer(settings, train_dataset=train_dataset, callbacks=[*(callbacks or []), interrupt])
+    if main_process:
+        record_run(settings.output_dir, record)
     checkpoint = latest_complete_checkpoint(settings.output_dir) if settings.resume else None
     if settings.resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s yet; training from the start", settings.output_dir)

@@ -1,7 +1,8 @@
 """A training run's output directory: one run per directory, resumable, interruptible.
 
 * :func:`prepare_output_dir` refuses a directory that holds another run, unless the run is
-  resumed (same recorded settings) or overwritten (cleared first), and records the settings.
+  resumed (same recorded settings) or overwritten (cleared first); :func:`record_run` records
+  the settings when training starts.
 * :func:`latest_complete_checkpoint` is the newest ``checkpoint-N`` whose save finished.
 * :class:`SaveOnInterrupt` turns Ctrl-C / SIGTERM into "save a checkpoint and stop".
 """
@@ -45,7 +46,8 @@ def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]
 
 
 def prepare_output_dir(output_dir: str | Path, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
-    """Makes ``output_dir`` ready for a run of ``settings`` (a JSON-able dict) and records them.
+    """Makes ``output_dir`` ready for a run of ``settings`` (a JSON-able dict); :func:`record_run`
+    writes them once training starts (a run that fails before that leaves no record behind).
 
     Raises:
         ValueError: the directory holds another run and neither ``resume`` nor ``overwrite``
@@ -77,7 +79,11 @@ def prepare_output_dir(output_dir: str | Path, settings: dict[str, Any], *, resu
     existing = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
     if not os.access(existing, os.W_OK):
         raise ValueError(f"output_dir {output_dir} is not writable ({existing} is read-only)")
-    write_text_atomic(output_dir / RUN_FILE, json.dumps(settings, indent=2, default=str) + "\n")
+
+
+def record_run(output_dir: str | Path, settings: dict[str, Any]) -> None:
+    """Writes ``settings`` to ``output_dir/sinklora_run.json`` (what ``--resume`` compares)."""
+    write_text_atomic(Path(output_dir) / RUN_FILE, json.dumps(settings, indent=2, default=str) + "\n")
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> str | None:

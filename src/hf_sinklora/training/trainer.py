@@ -15,15 +15,18 @@ save never leaves a half-written adapter or card that loads.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult
+from transformers.trainer_callback import ProgressCallback
 from trl import SFTTrainer
 
 from ..hub.auto import SinkLoRAAdapterConfig
@@ -31,6 +34,25 @@ from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_
 from ..hub.files import staged_save, write_text_atomic
 
 logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _without_known_deprecations():
+    """peft reads ``is_gradient_checkpointing``, which transformers deprecates: not the user's to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+class NumericProgressCallback(ProgressCallback):
+    """transformers' progress bar, with each log written as numbers (``step 10: loss=1.234 ...``)
+    instead of a dict of quoted strings."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None:
+            shown = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                             for key, value in (logs or {}).items() if key != "total_flos")
+            self.training_bar.write(f"step {state.global_step}: {shown}")
 
 
 def save_sinklora_files(
@@ -67,10 +89,17 @@ class SinkLoRATrainer(SFTTrainer):
     def __init__(self, *args: Any, dataset_names: Iterable[str] = (), eval_dataset_name: str | None = None,
                  **kwargs: Any) -> None:
         given = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-        super().__init__(*args, **kwargs)
+        with _without_known_deprecations():
+            super().__init__(*args, **kwargs)
+        if self.pop_callback(ProgressCallback) is not None:
+            self.add_callback(NumericProgressCallback)
         self.dataset_names = [str(name) for name in dataset_names]
         self.eval_dataset_name = eval_dataset_name
         self._check_nothing_dropped(given)
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        with _without_known_deprecations():
+            return super().train(*args, **kwargs)
 
     def _check_nothing_dropped(self, given: Any) -> None:
         """SFTTrainer silently drops examples whose response lies beyond ``max_length``: say so."""
