@@ -291,3 +291,6 @@ def test_training_logs_are_quiet_and_numeric(recipe_workspace, tmp_path, capsys,
     assert not any("is_gradient_checkpointing" in m or "pin_memory" in m for m in messages), messages
     assert not any("longer than the specified maximum" in m for m in messages), messages
     assert "step 1: loss=" in printed.out and "'loss': '" not in printed.out + printed.err
+    run_training(_settings(recipe_workspace, tmp_path / "plain", max_steps=1, disable_tqdm=True))
+    printed = capsys.readouterr()
+    assert "step 1: loss=" in printed.out and "'loss': '" not in printed.out

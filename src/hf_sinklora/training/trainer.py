@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from ..hub.auto import SinkLoRAAdapterConfig
@@ -44,15 +44,27 @@ def _without_known_deprecations():
         yield
 
 
+def format_log(step: int, logs: Mapping[str, Any]) -> str:
+    """``step 10: loss=1.234 grad_norm=0.5 ...``: a Trainer log as numbers, not a dict of quoted strings."""
+    shown = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in logs.items() if key != "total_flos")
+    return f"step {step}: {shown}"
+
+
 class NumericProgressCallback(ProgressCallback):
-    """transformers' progress bar, with each log written as numbers (``step 10: loss=1.234 ...``)
-    instead of a dict of quoted strings."""
+    """transformers' progress bar, writing each log with :func:`format_log`."""
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and self.training_bar is not None:
-            shown = " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                             for key, value in (logs or {}).items() if key != "total_flos")
-            self.training_bar.write(f"step {state.global_step}: {shown}")
+            self.training_bar.write(format_log(state.global_step, logs or {}))
+
+
+class NumericPrinterCallback(PrinterCallback):
+    """transformers' log printer (used without progress bars), printing with :func:`format_log`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_local_process_zero:
+            print(format_log(state.global_step, logs or {}))
 
 
 def save_sinklora_files(
@@ -91,8 +103,9 @@ class SinkLoRATrainer(SFTTrainer):
         given = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
         with _without_known_deprecations():
             super().__init__(*args, **kwargs)
-        if self.pop_callback(ProgressCallback) is not None:
-            self.add_callback(NumericProgressCallback)
+        for stock, numeric in ((ProgressCallback, NumericProgressCallback), (PrinterCallback, NumericPrinterCallback)):
+            if self.pop_callback(stock) is not None:
+                self.add_callback(numeric)
         self.dataset_names = [str(name) for name in dataset_names]
         self.eval_dataset_name = eval_dataset_name
         self._check_nothing_dropped(given)
