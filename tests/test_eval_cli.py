@@ -174,3 +174,32 @@ def test_adapter_directory_errors_name_what_is_missing(checkpoint):
         load_for_eval(str(checkpoint / "adapter"), device="cpu")
     with pytest.raises(ValueError, match="not an adapter directory"):
         hf_sinklora.load_model(checkpoint / "base", base_model=checkpoint / "base")
+
+
+def test_passkey_through_eviction_caches(checkpoint, tmp_path, capsys):
+    """A budget that covers the prompt answers exactly as the full cache; small budgets run and are recorded."""
+    base = ["passkey", "--model", str(checkpoint / "base"), "--lengths", "160", "--depths", "0,1", "--trials", "2",
+            "--no-progress"]
+    assert main([*base, "--output", str(tmp_path / "full.json")]) == 0
+    full = json.loads((tmp_path / "full.json").read_text())
+    assert main([*base, "--cache", "h2o", "--budget", "1.0", "--prefill-chunk-size", "48",
+                 "--output", str(tmp_path / "h2o_all.json")]) == 0
+    kept_all = json.loads((tmp_path / "h2o_all.json").read_text())
+    assert [s["answer"] for s in kept_all["samples"]] == [s["answer"] for s in full["samples"]]
+    for policy in ("h2o", "streaming", "recent"):
+        out = tmp_path / f"{policy}.json"
+        assert main([*base, "--cache", policy, "--budget", "24", "--prefill-chunk-size", "32", "--output", str(out)]) == 0
+        settings = json.loads(out.read_text())["settings"]
+        assert (settings["cache"], settings["budget"], settings["prefill_chunk_size"]) == (policy, 24.0, 32)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--budget", "0.5"], "--budget needs --cache"),
+    (["--cache", "h2o"], "--cache h2o needs --budget"),
+    (["--cache", "h2o", "--budget", "10.5"], "must be a whole number"),
+])
+def test_passkey_cache_options_are_checked_first(checkpoint, tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["passkey", "--model", str(tmp_path / "not-loaded"), "--lengths", "160", "--output",
+              str(tmp_path / "x.json"), *extra])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -144,6 +144,26 @@ def _budget_tokens(fraction: float, length: int) -> int:
     return H2OPolicy(budget=float(fraction)).budget_for(length)  # >= num_sink_tokens + 1 of the default policies
 
 
+def eviction_cache(policy: str, budget: float, prompt_tokens: int) -> EvictingCache:
+    """A fresh cache of ``policy`` (``h2o``, ``streaming`` or ``recent``) for a prompt of ``prompt_tokens``.
+
+    Args:
+        budget: kept tokens per layer and KV head: a fraction of the prompt when ``<= 1``, else a
+            token count (a whole number). Always resolved to tokens, so chunked prefill works.
+
+    Raises:
+        ValueError: an unknown policy or a budget out of range.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"cache policy must be one of {sorted(POLICIES)}, got {policy!r}")
+    if not 0 < budget:
+        raise ValueError(f"budget must be a fraction in (0, 1] or a token count > 1, got {budget!r}")
+    if budget > 1 and budget != int(budget):
+        raise ValueError(f"budget above 1 counts tokens and must be a whole number, got {budget!r}")
+    tokens = _budget_tokens(budget, prompt_tokens) if budget <= 1 else int(budget)
+    return EvictingCache(POLICIES[policy](tokens))
+
+
 def plot_cache_sweep(result: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
     """PNG: perplexity against budget (fraction of the segment), one line per policy, the
     full cache as a horizontal line."""

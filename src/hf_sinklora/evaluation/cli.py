@@ -69,17 +69,33 @@ def _run_eval_ppl(args: argparse.Namespace) -> int:
     return 0
 
 
+def _passkey_cache_factory(args: argparse.Namespace) -> Any:
+    """``--cache``/``--budget`` as a per-prompt cache factory (None: the full cache), checked now."""
+    from .cache_quality import eviction_cache
+
+    if args.cache is None:
+        if args.budget is not None:
+            raise ValueError("--budget needs --cache h2o|streaming|recent")
+        return None
+    if args.budget is None:
+        raise ValueError(f"--cache {args.cache} needs --budget (a fraction of the prompt, or a token count)")
+    eviction_cache(args.cache, args.budget, max(args.lengths))  # validates policy and budget
+    return lambda prompt_tokens: eviction_cache(args.cache, args.budget, prompt_tokens)
+
+
 def _run_passkey(args: argparse.Namespace) -> int:
     from .heatmap import plot_passkey_heatmap
     from .loading import load_for_eval
     from .passkey import passkey_accuracy
     from .report import format_passkey_table, write_json
 
+    cache_factory = _passkey_cache_factory(args)  # bad cache options fail before the model loads
     model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,
                                      attn_implementation=args.attn_implementation)
     result = passkey_accuracy(
         model, tokenizer, args.lengths, args.depths, args.trials, args.seed,
-        key_digits=args.key_digits, max_new_tokens=args.max_new_tokens, progress=not args.no_progress,
+        key_digits=args.key_digits, max_new_tokens=args.max_new_tokens, cache_factory=cache_factory,
+        prefill_chunk_size=args.prefill_chunk_size, progress=not args.no_progress,
     )
     plot_path = Path(args.plot) if args.plot else Path(args.output).with_suffix(".png")
     output = {
@@ -88,7 +104,8 @@ def _run_passkey(args: argparse.Namespace) -> int:
         "plot": str(plot_path),
         **result,
         "settings": {"dtype": args.dtype, "device": str(next(model.parameters()).device),
-                     "attn_implementation": args.attn_implementation},
+                     "attn_implementation": args.attn_implementation, "cache": args.cache or "full",
+                     "budget": args.budget, "prefill_chunk_size": args.prefill_chunk_size},
     }
     write_json(output, args.output)
     plot_passkey_heatmap(result, plot_path, title=f"passkey accuracy: {Path(args.adapter or args.model).name}")
@@ -152,6 +169,13 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     passkey.add_argument("--key-digits", type=int, default=5, help="digits of each key (default: 5)")
     passkey.add_argument("--max-new-tokens", type=int, default=None,
                          help="tokens to generate (default: the key's token count + 2)")
+    passkey.add_argument("--cache", choices=["h2o", "streaming", "recent"], default=None,
+                         help="evict the KV cache while answering: H2O, StreamingLLM (sinks + recent) or a "
+                              "recent window (default: the full cache)")
+    passkey.add_argument("--budget", type=float, default=None,
+                         help="with --cache: kept tokens, a fraction of the prompt (<= 1) or a count (> 1)")
+    passkey.add_argument("--prefill-chunk-size", type=int, default=None,
+                         help="feed the prompt in chunks of N tokens (generate's prefill_chunk_size)")
     passkey.add_argument("--output", required=True, help="JSON file to write")
     passkey.add_argument("--plot", default=None, help="heat-map PNG (default: --output with .png)")
     passkey.set_defaults(handler=_run_passkey)

@@ -25,14 +25,16 @@ def greedy_answer(
     max_new_tokens: int,
     *,
     pad_token_id: int | None = None,
-    cache_factory: Callable[[], Any] | None = None,
+    cache_factory: Callable[[int], Any] | None = None,
+    prefill_chunk_size: int | None = None,
 ) -> list[int]:
     """Greedy continuation of one prompt with ``model.generate``.
 
     Args:
         input_ids: the prompt, ``n`` token ids (run as a ``(1, n)`` batch).
-        cache_factory: when given, called once per prompt for a fresh ``Cache`` passed to
-            ``generate(cache=...)`` (e.g. an ``H2OCache``).
+        cache_factory: when given, called with the prompt's token count once per prompt for a
+            fresh ``Cache`` passed to ``generate(cache=...)`` (e.g. an ``H2OCache``).
+        prefill_chunk_size: ``generate(prefill_chunk_size=...)``: the prompt goes through in chunks.
 
     Returns:
         The generated token ids (prompt excluded), at most ``max_new_tokens`` of them.
@@ -40,7 +42,9 @@ def greedy_answer(
     ids = torch.tensor([list(input_ids)], dtype=torch.long, device=model_device(model))  # (1, n)
     kwargs: dict[str, Any] = {}
     if cache_factory is not None:
-        kwargs["cache"] = cache_factory()
+        kwargs["cache"] = cache_factory(ids.shape[1])
+    if prefill_chunk_size is not None:
+        kwargs["prefill_chunk_size"] = prefill_chunk_size
     output = model.generate(
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
@@ -77,7 +81,8 @@ def passkey_accuracy(
     *,
     key_digits: int = 5,
     max_new_tokens: int | None = None,
-    cache_factory: Callable[[], Any] | None = None,
+    cache_factory: Callable[[int], Any] | None = None,
+    prefill_chunk_size: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Passkey-retrieval accuracy of ``model`` for every (length, depth) cell.
@@ -93,7 +98,9 @@ def passkey_accuracy(
         depths: key depths in ``[0, 1]``.
         trials: prompts per cell (``>= 1``).
         max_new_tokens: tokens to generate; None: the key's token count plus 2.
-        cache_factory: a fresh ``Cache`` per prompt, passed to ``generate(cache=...)``.
+        cache_factory: called with each prompt's token count for a fresh ``Cache``, passed to
+            ``generate(cache=...)`` (e.g. ``lambda n: eviction_cache("h2o", 0.25, n)``).
+        prefill_chunk_size: prompts go through ``generate`` in chunks of this many tokens.
 
     Returns:
         ``{"accuracy", "per_length", "per_depth", "cells", "samples", "lengths", "depths",
@@ -127,7 +134,8 @@ def passkey_accuracy(
                     prompt = make_passkey_prompt(tokenizer, length, depth, key)
                     budget = max_new_tokens or len(tokenizer(" " + key, add_special_tokens=False)["input_ids"]) + 2
                     generated = greedy_answer(
-                        model, prompt.input_ids, budget, pad_token_id=pad_token_id, cache_factory=cache_factory
+                        model, prompt.input_ids, budget, pad_token_id=pad_token_id, cache_factory=cache_factory,
+                        prefill_chunk_size=prefill_chunk_size,
                     )
                     answer = tokenizer.decode(generated, skip_special_tokens=True)
                     cell_samples.append({
