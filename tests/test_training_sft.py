@@ -135,7 +135,7 @@ def test_python_api_packed_chat_training_saves_and_reloads(recipe_workspace, tmp
     trainer.train()
     out = tmp_path / "adapter"
     trainer.save_model(str(out))
-    config = json.loads((out / "config.json").read_text())
+    config = json.loads((out / "config.json").read_text())["base_config"]  # inside the sinklora_adapter config
     assert config["rope_parameters"] == {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0,
                                          "partial_rotary_factor": 0.5}
     assert config["sf_attention"]["num_sink_tokens"] == 3
