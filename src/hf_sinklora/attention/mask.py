@@ -99,8 +99,11 @@ def sf_attention_mask(
     """``AttentionMaskInterface`` entry (the signature of transformers' ``sdpa_mask``).
 
     Args:
-        batch_size, q_length, kv_length, q_offset, kv_offset: the mask geometry transformers
-            computed from the cache (``q_offset``/``kv_offset``: positions of the first query/key).
+        batch_size: ``B``.
+        q_length: queries in this forward.
+        kv_length: keys the attention will see (the cache's ``get_mask_sizes``).
+        q_offset: position of the first query (a tensor for ``StaticCache``).
+        kv_offset: position of the first key (sliding-window cache layers drop old keys).
         mask_function: the pattern (causal, sliding window, chunked, overlays ...).
         attention_mask: the 2-D ``(B, seen + q)`` padding mask, or None.
         **kwargs: passed on to ``sdpa_mask`` (``allow_is_causal_skip``, ``local_size``,
