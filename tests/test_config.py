@@ -142,3 +142,34 @@ def test_mask_entry_is_sdpas_mask_beyond_whole_plain_sequences(geometry):
     assert torch.equal(got, want)
     assert padding_of(got) is padding
     assert overlays_of(got) == (["chunked_overlay"] if chunk else [])
+
+
+def test_older_transformers_is_refused_with_the_floor():
+    from hf_sinklora.attention.interface import MIN_TRANSFORMERS, check_transformers_version
+
+    check_transformers_version(MIN_TRANSFORMERS)
+    check_transformers_version("5.30.1")
+    for old in ("5.2.0", "5.3.0", "5.23.0"):
+        with pytest.raises(ImportError, match=r"transformers>=5\.24,<6 \(found " + old.replace(".", r"\.")):
+            check_transformers_version(old)
+
+
+def test_ci_floor_job_installs_exactly_the_declared_lower_bounds():
+    """.ci/floor pins every lower bound of pyproject.toml (torch aside: the CPU wheel of every job)."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    declared = {}
+    for requirement in tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]:
+        match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)(,<[0-9.]+)?", requirement)
+        declared[match[1].lower().replace("_", "-")] = match[2]
+    pinned = {name.lower().replace("_", "-"): version
+              for name, version in re.findall(r'"([A-Za-z0-9_.-]+)==([0-9.]+)"', (root / ".ci/floor").read_text())}
+    assert declared["transformers"] == "5.24"
+    for name, version in pinned.items():  # "5.24.0" pins ">=5.24"
+        parts = declared[name].split(".")
+        assert version.split(".")[: len(parts)] == parts, f"{name}: floor job {version}, pyproject >= {declared[name]}"
+        assert set(version.split(".")[len(parts):]) <= {"0"}, f"{name}: floor job {version} above >= {declared[name]}"
+    assert set(declared) - set(pinned) == {"torch", "pyyaml", "tqdm", "matplotlib"}

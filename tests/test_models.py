@@ -439,9 +439,11 @@ def _trl_packed_batch(examples, pad_to_multiple_of=None):
 
     collator = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True, pad_to_multiple_of=pad_to_multiple_of)
     batch = collator([{"input_ids": ids.tolist()} for ids in examples])
-    # what the padding-free collator hands to the model: no attention_mask, restarting positions
-    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                          "max_length_q", "max_length_k", "seq_idx"}
+    # what the padding-free collator hands to the model: no attention_mask, restarting positions;
+    # trl >= 1.16 adds the flash-attn varlen keys, older releases (down to the floor) do not
+    required = {"input_ids", "labels", "position_ids"}
+    varlen = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
+    assert set(batch) in (required, required | varlen)
     lengths = [len(ids) for ids in examples]
     total = sum(lengths)
     padded = total if pad_to_multiple_of is None else -(-total // pad_to_multiple_of) * pad_to_multiple_of
@@ -449,7 +451,8 @@ def _trl_packed_batch(examples, pad_to_multiple_of=None):
     expected_positions = torch.cat([torch.arange(length) for length in lengths] + [torch.zeros(padded - total)])
     assert torch.equal(batch["position_ids"][0], expected_positions.long())
     bounds = [0] + list(torch.tensor(lengths).cumsum(0).tolist())
-    assert batch["cu_seq_lens_q"].tolist()[: len(bounds)] == bounds
+    if "cu_seq_lens_q" in batch:
+        assert batch["cu_seq_lens_q"].tolist()[: len(bounds)] == bounds
     assert (batch["labels"][0, bounds[:-1]] == -100).all()
     return batch
 

@@ -283,8 +283,31 @@ def s2_attention_forward(
     return _attention(module, query, key, value, attention_mask, settings, dropout, scaling, sliding_window, softcap, kwargs)
 
 
+MIN_TRANSFORMERS = "5.24"
+
+
+def check_transformers_version(found: str | None = None) -> None:
+    """Raises ``ImportError`` for a transformers older than the floor in pyproject.toml.
+
+    5.2/5.3 call mask functions with ``cache_position`` instead of ``q_length``; before 5.13 cache
+    layers need ``get_max_cache_shape``; before 5.24 ``generate``/``forward`` do not know the
+    ``cache=`` argument (``model(..., cache=H2OCache(...))`` would silently run without it).
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    found = found or version("transformers")
+    if Version(found) < Version(MIN_TRANSFORMERS):
+        raise ImportError(
+            f"hf_sinklora needs transformers>={MIN_TRANSFORMERS},<6 (found {found}); "
+            f"run: pip install -U 'transformers>={MIN_TRANSFORMERS},<6'"
+        )
+
+
 def register() -> None:
     """Registers both names with transformers' ``AttentionInterface`` and ``AttentionMaskInterface``."""
+    check_transformers_version()
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
