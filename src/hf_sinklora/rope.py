@@ -126,7 +126,8 @@ def _pretraining_length(config: Any, entry: dict[str, Any], current: float, orig
     """
     if original_length is not None:
         return Fraction(original_length)
-    recorded = entry.get("original_max_position_embeddings") or getattr(config, "original_max_position_embeddings", None)
+    recorded = entry.get("original_max_position_embeddings")
+    recorded = recorded or getattr(config, "original_max_position_embeddings", None)
     if recorded:
         return Fraction(int(recorded))
     return Fraction(config.max_position_embeddings) / Fraction(current)
@@ -231,7 +232,8 @@ def extend_context(model_or_config: Any, target_length: int, original_length: in
                 rope[key] = scaled
         config.rope_parameters = _accepted_form(config, rope, original_length)
         _record_pretraining_length(config, entries, original_length)
-        logger.info("extend_context: linear RoPE interpolation x%d for %d positions", max(factors.values()), target_length)
+        factor = max(factors.values())
+        logger.info("extend_context: linear RoPE interpolation x%d for %d positions", factor, target_length)
     else:
         logger.info("extend_context: the RoPE scaling in force already covers %d positions; unchanged", target_length)
     config.max_position_embeddings = max(target_length, config.max_position_embeddings or 0)

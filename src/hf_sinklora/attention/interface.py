@@ -2,8 +2,9 @@
 
 transformers calls them from every model that uses the attention interface, with
 ``query (B, Hq, n, D)``, ``key/value (B, Hkv, n, D)``, the mask our
-:func:`~hf_sinklora.attention.mask.sf_attention_mask` built, and per-layer keyword arguments (``sliding_window``,
-``softcap``, ``position_ids``, ``cu_seq_lens_q`` ...). They return ``(B, n, Hq, D)``.
+:func:`~hf_sinklora.attention.mask.sf_attention_mask` built, and per-layer keyword arguments
+(``sliding_window``, ``softcap``, ``position_ids``, ``cu_seq_lens_q`` ...). They return
+``(B, n, Hq, D)``.
 """
 
 from __future__ import annotations
