@@ -144,6 +144,30 @@ def test_chunked_prefill_never_attends_over_more_than_budget_plus_chunk(monkeypa
     assert cache.kv_bytes * (input_ids.shape[1] + GREEDY["max_new_tokens"] - 1) == dynamic_bytes * (budget + 1)
 
 
+@pytest.mark.parametrize("family", ["llama", "mistral"])
+def test_left_padded_chunked_prefill_is_the_unpadded_row_with_a_shorter_first_step(family):
+    """docs/h2o.md, "Left padding and prefill_chunk_size": generate cuts the padded prompt into
+    column chunks of C, so a row with p left pads keeps, per layer and KV head, what the same row
+    alone keeps when prefilled in steps of C - p % C, then C tokens."""
+    model = h2o_model(family).double()
+    pads, chunk, settings = 5, 8, dict(budget=10, recent_ratio=0.2, num_sink_tokens=1)
+    input_ids, attention_mask = prompt((0, pads), n=30, seed=3)
+    batched = H2OCache(**settings)
+    with torch.no_grad():
+        model.generate(input_ids, attention_mask=attention_mask, cache=batched, prefill_chunk_size=chunk,
+                       do_sample=False, max_new_tokens=1, pad_token_id=PAD)  # stops right after the prefill
+
+    row = input_ids[1:, pads:]
+    first = chunk - pads % chunk
+    alone, start = H2OCache(**settings), 0
+    with torch.no_grad():
+        for end in [first, *range(first + chunk, row.shape[1], chunk), row.shape[1]]:
+            model(row[:, start:end], cache=alone)
+            start = end
+    for layer_idx, (padded, unpadded) in enumerate(zip(batched.layers, alone.layers, strict=True)):
+        assert torch.equal(padded.positions[1] - pads, unpadded.positions[0]), f"layer {layer_idx}"
+
+
 def test_small_budget_changes_generation():
     """The full-budget equalities above can fail: eviction really changes what the model sees."""
     model = h2o_model("llama")

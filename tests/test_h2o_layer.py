@@ -211,3 +211,60 @@ def test_crop_is_refused_clearly():
     assert not cache.is_croppable
     with pytest.raises(ValueError, match="cannot be cropped"):
         cache.crop(-1)
+
+
+def _kept_after_steps(q, k, v, real, steps, *, budget, recent_ratio, sinks):
+    """Drives one H2OCache layer (batch of one row) through ``steps``; returns its kept positions ``(Hkv, budget)``."""
+    cache = H2OCache(budget, recent_ratio=recent_ratio, num_sink_tokens=sinks)
+    seen = 0
+    for size in steps:
+        part = slice(seen, seen + size)
+        keys, _ = cache.update(k[:, :, part], v[:, :, part], 0)
+        h2o_attention(q[:, :, part], h2o_layer_of(keys), real[:, : seen + size], scale=q.shape[-1] ** -0.5)
+        seen += size
+    return cache.layers[0].positions[0]
+
+
+def _reference_kept(q, k, v, steps, *, budget, recent_ratio, sinks, group):
+    """The naive reference on an unpadded row: kept positions per KV head."""
+    kept = []
+    for h in range(k.shape[1]):
+        ref, seen = ReferenceH2OHead(budget, recent_ratio, sinks), 0
+        for size in steps:
+            part = slice(seen, seen + size)
+            ref.step(q[0, h * group : (h + 1) * group, part], k[0, h, part], v[0, h, part], [True] * size,
+                     scale=q.shape[-1] ** -0.5)
+            seen += size
+        kept.append(ref.kept)
+    return torch.tensor(kept)
+
+
+@pytest.mark.parametrize("pads", [3, 8, 11])
+def test_chunked_prefill_of_a_left_padded_row_is_the_unpadded_row_with_a_shorter_first_step(pads):
+    """What docs/h2o.md states: chunk boundaries count pad columns, so a row with ``p`` left pads
+    prefilled in chunks of ``C`` keeps what the same row *unpadded* keeps when its first step is
+    ``C - p % C`` tokens and the next ones ``C`` (pads are never attended, never scored and evicted
+    first); ``p % C == 0`` (8 here) is the same as no padding. Checked against the naive reference."""
+    chunk, n, kv_heads, group, dim = 8, 30, 2, 2, 8
+    settings = dict(budget=10, recent_ratio=0.2, sinks=1)
+    generator = torch.Generator().manual_seed(11)
+    q = torch.randn(1, kv_heads * group, pads + n, dim, generator=generator, dtype=torch.float64)
+    k = torch.randn(1, kv_heads, pads + n, dim, generator=generator, dtype=torch.float64)
+    v = torch.randn(1, kv_heads, pads + n, dim, generator=generator, dtype=torch.float64)
+    real = torch.ones(1, pads + n, dtype=torch.bool)
+    real[0, :pads] = False
+
+    columns = [chunk] * ((pads + n) // chunk) + ([(pads + n) % chunk] if (pads + n) % chunk else [])
+    padded = _kept_after_steps(q, k, v, real, columns, **settings) - pads
+
+    first = chunk - pads % chunk
+    shifted = [first] + [chunk] * ((n - first) // chunk) + ([(n - first) % chunk] if (n - first) % chunk else [])
+    unpadded = [t[:, :, pads:] for t in (q, k, v)]
+    assert torch.equal(padded, _kept_after_steps(*unpadded, real[:, pads:], shifted, **settings))
+    assert torch.equal(padded, _reference_kept(*unpadded, shifted, group=group, **settings))
+
+    plain = [chunk] * (n // chunk) + [n % chunk]
+    if pads % chunk:  # the pad count really moves the boundaries: not what the row keeps unpadded
+        assert not torch.equal(padded, _reference_kept(*unpadded, plain, group=group, **settings))
+    else:
+        assert torch.equal(padded, _reference_kept(*unpadded, plain, group=group, **settings))

@@ -306,6 +306,91 @@ def test_eval_logits_and_greedy_generation_match_baseline(family):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"step {step}: {m}")
 
 
+def _generate_both(sf_model, base_model, prompt, **kwargs):
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=PAD, output_logits=True,
+                  return_dict_in_generate=True, **kwargs)
+    with torch.no_grad():
+        return sf_model.generate(prompt, **kwargs), base_model.generate(prompt, **kwargs)
+
+
+def _assert_same_generation(got, want, tol):
+    assert torch.equal(got.sequences, want.sequences)
+    for step, (a, b) in enumerate(zip(got.logits, want.logits)):
+        torch.testing.assert_close(a, b, **tol, msg=lambda m: f"step {step}: {m}")
+
+
+@pytest.mark.parametrize("family", FAMILY_NAMES)
+def test_eval_static_cache_generation_matches_baseline(family):
+    """StaticCache: keys are ``max_cache_len`` long and queries sit at a cache offset; the mask
+    must hide the unfilled slots exactly as sdpa's does (this crashed on a (B, seen) mask)."""
+    baseline = FAMILIES[family][2]
+    tol = TIGHT if baseline == "sdpa" else EAGER_FP32
+    dtype = torch.float64 if baseline == "sdpa" else torch.float32
+    sf_model, base_model = twins(family, "sf_attention", baseline, dtype=dtype)
+    sf_model.eval()
+    base_model.eval()
+    prompt, prompt_mask = left_padded_batch(12, lengths=(12, 7), seed=4)
+    got, want = _generate_both(sf_model, base_model, prompt, attention_mask=prompt_mask, cache_implementation="static")
+    _assert_same_generation(got, want, tol)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen3_sliding", "gemma2"])
+def test_eval_sliding_window_cache_with_prefill_chunks_matches_baseline(family):
+    """Sliding-window cache layers keep ``window - 1`` keys (a key offset); prefill chunks of 5
+    and 20 + 8 tokens make the window (8) bind in prefill and decoding alike."""
+    baseline = FAMILIES[family][2]
+    tol = TIGHT if baseline == "sdpa" else EAGER_FP32
+    dtype = torch.float64 if baseline == "sdpa" else torch.float32
+    sf_model, base_model = twins(family, "sf_attention", baseline, dtype=dtype)
+    sf_model.eval()
+    base_model.eval()
+    prompt, prompt_mask = left_padded_batch(20, lengths=(20, 13), seed=5)
+    got, want = _generate_both(sf_model, base_model, prompt, attention_mask=prompt_mask, prefill_chunk_size=5)
+    _assert_same_generation(got, want, tol)
+
+
+def _llama4_chunked(attn_implementation: str):
+    """A tiny Llama4 text model whose layers attend in chunks of 8: a mask overlay (``chunked_overlay``)."""
+    from transformers import Llama4TextConfig
+
+    config = Llama4TextConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, intermediate_size_mlp=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, attention_chunk_size=8, num_local_experts=1,
+        num_experts_per_tok=1, moe_layers=[], no_rope_layers=[1, 1], max_position_embeddings=256,
+        initializer_range=0.2, pad_token_id=PAD, bos_token_id=1, eos_token_id=2,
+    )
+    hf_sinklora.configure_sf_attention(config, **SF_PARAMS)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float64)
+
+
+def test_chunked_attention_overlay_eval_matches_sdpa_and_sf_refuses_it():
+    sf_model, base_model = _llama4_chunked("sf_attention"), _llama4_chunked("sdpa")
+    sf_model.load_state_dict(base_model.state_dict())
+    sf_model.eval()
+    base_model.eval()
+    input_ids, attention_mask = left_padded_batch(20, lengths=(20, 13))
+    with torch.no_grad():  # chunks of 8 bind at 20 tokens: dropping the overlay changes the logits
+        got = sf_model(input_ids=input_ids, attention_mask=attention_mask).logits
+        want = base_model(input_ids=input_ids, attention_mask=attention_mask).logits
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], want[real], **TIGHT)
+    _assert_same_generation(*_generate_both(sf_model, base_model, input_ids, attention_mask=attention_mask), TIGHT)
+    _assert_same_generation(
+        *_generate_both(sf_model, base_model, input_ids, attention_mask=attention_mask, cache_implementation="static"),
+        TIGHT,
+    )
+
+    sf_model.train()  # SF-Attn cannot apply chunks: a clear error, not a silent full pattern
+    with pytest.raises(ValueError, match=r"SF-Attn \(training.*adds chunked_overlay"):
+        sf_model(input_ids=input_ids, attention_mask=attention_mask)
+    sf_model.eval()
+    with pytest.raises(ValueError, match="H2OCache supports causal masks.*adds chunked_overlay"):
+        with torch.no_grad():
+            sf_model.generate(input_ids, attention_mask=attention_mask, max_new_tokens=2, pad_token_id=PAD,
+                              cache=hf_sinklora.H2OCache(budget=16))
+
+
 # ----------------------------------------------------------------------------------------
 # 3. save_pretrained / from_pretrained
 # ----------------------------------------------------------------------------------------
@@ -354,9 +439,11 @@ def _trl_packed_batch(examples, pad_to_multiple_of=None):
 
     collator = DataCollatorForLanguageModeling(pad_token_id=PAD, padding_free=True, pad_to_multiple_of=pad_to_multiple_of)
     batch = collator([{"input_ids": ids.tolist()} for ids in examples])
-    # what the padding-free collator hands to the model: no attention_mask, restarting positions
-    assert set(batch) == {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k",
-                          "max_length_q", "max_length_k", "seq_idx"}
+    # what the padding-free collator hands to the model: no attention_mask, restarting positions;
+    # trl >= 1.16 adds the flash-attn varlen keys, older releases (down to the floor) do not
+    required = {"input_ids", "labels", "position_ids"}
+    varlen = {"cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
+    assert set(batch) in (required, required | varlen)
     lengths = [len(ids) for ids in examples]
     total = sum(lengths)
     padded = total if pad_to_multiple_of is None else -(-total // pad_to_multiple_of) * pad_to_multiple_of
@@ -364,7 +451,8 @@ def _trl_packed_batch(examples, pad_to_multiple_of=None):
     expected_positions = torch.cat([torch.arange(length) for length in lengths] + [torch.zeros(padded - total)])
     assert torch.equal(batch["position_ids"][0], expected_positions.long())
     bounds = [0] + list(torch.tensor(lengths).cumsum(0).tolist())
-    assert batch["cu_seq_lens_q"].tolist()[: len(bounds)] == bounds
+    if "cu_seq_lens_q" in batch:
+        assert batch["cu_seq_lens_q"].tolist()[: len(bounds)] == bounds
     assert (batch["labels"][0, bounds[:-1]] == -100).all()
     return batch
 

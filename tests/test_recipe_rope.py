@@ -67,14 +67,58 @@ def test_extend_config_only_and_idempotence():
     assert config.rope_parameters["factor"] == 16.0 and config.max_position_embeddings == 1000
     extend_context(config, 1000)  # within the new length: nothing changes
     assert config.rope_parameters["factor"] == 16.0 and config.max_position_embeddings == 1000
+    assert config.original_max_position_embeddings == 64  # recorded: max_position_embeddings no longer tells it
+    extend_context(config, 1024)  # 16 * 64 >= 1024: still x16
+    assert config.rope_parameters["factor"] == 16.0 and config.max_position_embeddings == 1024
+    extend_context(config, 1025)  # x17 of the pre-training length, not x16 * ceil(1025 / 1024)
+    assert config.rope_parameters["factor"] == 17.0
 
 
-def test_existing_linear_factor_is_composed():
-    config = LlamaConfig(**{**COMMON, "max_position_embeddings": 128},
-                         rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 5e5})
-    extend_context(config, 500)  # the model covers 128 positions with x2; x ceil(500 / 128) = x4 more
-    assert config.rope_parameters == {"rope_type": "linear", "factor": 8.0, "rope_theta": 5e5}
+def _smallest_factor(target: int, pretraining_length: float) -> int:
+    """Reference for the rule, by enumeration: the smallest whole f with f * length >= target."""
+    f = 1
+    while f * pretraining_length < target:
+        f += 1
+    return f
+
+
+# (factor in force, max_position_embeddings, original_length argument, target, pretraining length)
+EXISTING_LINEAR = [
+    (2.0, 128, 64, 500, 64),     # x2 model, original_length=64 -> x8 (compounding gave x16)
+    (3.0, 192, None, 200, 64),   # x3 at 192 positions -> 200 needs x4 of the 64 (compounding gave x6)
+    (2.0, 128, None, 500, 64),   # x2 at 128: pre-trained on 64 -> x8
+    (4.0, 256, None, 250, 64),   # already covered by x4: unchanged
+    (2.5, 100, None, 130, 40),   # fractional factor in force -> x4 (4 * 40 >= 130)
+    (1.0, 64, None, 65, 64),     # plain RoPE: ceil(65 / 64) = 2
+]
+
+
+@pytest.mark.parametrize("factor,max_positions,original_length,target,pretraining", EXISTING_LINEAR)
+def test_existing_linear_factor_follows_one_rule(factor, max_positions, original_length, target, pretraining):
+    rope = {"rope_type": "linear", "factor": factor, "rope_theta": 5e5}
+    config = LlamaConfig(**{**COMMON, "max_position_embeddings": max_positions}, rope_parameters=dict(rope))
+    extend_context(config, target, original_length=original_length)
+    want = max(float(_smallest_factor(target, pretraining)), factor)  # a factor in force is never lowered
+    assert config.rope_parameters == {**rope, "factor": want}
+    assert rope_factor(config) * pretraining >= target
+    assert config.max_position_embeddings == max(target, max_positions)
+
+
+def test_phi3_longrope_form_follows_the_same_rule():
+    """Phi3 records its pre-training length: extending again re-derives the factor from it."""
+    config = FAMILIES["phi3"]()  # original_max_position_embeddings = 64
+    extend_context(config, 200)
+    assert rope_factor(config) == 4.0
+    extend_context(config, 500)  # 8 * 64 >= 500; compounding x4 by ceil(500 / 200) gave x12
+    assert rope_factor(config) == 8.0 and config.rope_parameters["rope_type"] == "longrope"
     assert config.max_position_embeddings == 500
+
+
+def test_gemma3_per_layer_type_follows_the_same_rule():
+    config = gemma3_config()
+    extend_context(config, 200)
+    extend_context(config, 500)
+    assert rope_factor(config) == {"full_attention": 8.0, "sliding_attention": 1.0}
 
 
 def test_original_length_override():

@@ -76,5 +76,7 @@ def full_causal_attention(
     key, value = repeat_kv(key, repeats), repeat_kv(value, repeats)
     if mask is None:
         mask = dense_causal_mask(None, batch_size, q_len, kv_len, None, query.device)
+    if mask.dtype == torch.bool:  # 0 / finfo.min like eager's mask: fully masked (padding) rows stay finite
+        mask = torch.where(mask, torch.zeros((), dtype=query.dtype, device=mask.device), torch.finfo(query.dtype).min)
     out = eager_attention(query, key, value, mask, scale=scale, dropout=dropout, softcap=softcap)
     return out.transpose(1, 2).contiguous()

@@ -2,8 +2,9 @@
 
 transformers calls them from every model that uses the attention interface, with
 ``query (B, Hq, n, D)``, ``key/value (B, Hkv, n, D)``, the mask our
-:func:`sf_attention_mask` built, and per-layer keyword arguments (``sliding_window``,
-``softcap``, ``position_ids``, ``cu_seq_lens_q`` ...). They return ``(B, n, Hq, D)``.
+:func:`~hf_sinklora.attention.mask.sf_attention_mask` built, and per-layer keyword arguments
+(``sliding_window``, ``softcap``, ``position_ids``, ``cu_seq_lens_q`` ...). They return
+``(B, n, Hq, D)``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_att
 from .full_causal import full_causal_attention
 from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_window_free
 from .groups import build_group_layout, group_sizes
+from .mask import overlays_of, padding_of, sf_attention_mask
 from .segments import Segments, find_segments
 
 logger = logging.getLogger(__name__)
@@ -30,30 +32,6 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         logger.warning(message)
-
-
-def sf_attention_mask(
-    batch_size: int,
-    q_length: int,
-    kv_length: int,
-    q_offset: int = 0,
-    kv_offset: int = 0,
-    mask_function: Any = None,
-    attention_mask: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> torch.Tensor | None:
-    """``AttentionMaskInterface`` entry: the 2-D ``(B, kv_length)`` padding mask, or None.
-
-    SF-Attn builds its own sparse pattern from segments, so like flash-attn it needs only
-    which tokens are real; an ``n x n`` mask is never made here. Without this entry
-    transformers would silently pass ``attention_mask=None`` to the attention function.
-    """
-    if attention_mask is None:
-        return None
-    attention_mask = attention_mask[:, -kv_length:]
-    if attention_mask.shape[1] == kv_length and bool(attention_mask.all()):
-        return None
-    return attention_mask
 
 
 def _segments_for(query: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> Segments:
@@ -163,6 +141,16 @@ def grouped_sf_attention(
     return out.reshape(batch_size, seq_len, num_heads, -1)
 
 
+def _refuse_overlays(attention_mask: torch.Tensor | None, what: str, instead: str) -> None:
+    """Raises when the model's mask adds patterns (chunked attention, image blocks ...) ``what`` cannot apply."""
+    overlays = overlays_of(attention_mask)
+    if overlays:
+        raise ValueError(
+            f"{what} supports causal masks with padding, a sliding window and packed sequences only; this "
+            f"model's attention mask adds {', '.join(overlays)}, which it cannot apply; {instead}"
+        )
+
+
 def _attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -191,7 +179,10 @@ def _attention(
     if h2o_layer is not None:
         if module.training:
             raise ValueError("H2OCache is for inference: call model.eval() before generate()")
-        out = h2o_attention(query, h2o_layer, attention_mask, scale=scale, sliding_window=sliding_window, softcap=softcap)
+        _refuse_overlays(attention_mask, "H2OCache", "generate with a transformers cache (DynamicCache, StaticCache)")
+        out = h2o_attention(
+            query, h2o_layer, padding_of(attention_mask), scale=scale, sliding_window=sliding_window, softcap=softcap
+        )
         return out, None
     mode = "sf" if module.training else settings.eval_mode
     q_len, kv_len = query.shape[2], key.shape[2]
@@ -221,6 +212,8 @@ def _attention(
         raise ValueError(
             f"SF-Attn needs whole sequences (queries {q_len} != keys {kv_len}, i.e. a KV cache is in use); {hint}"
         )
+    _refuse_overlays(attention_mask, "SF-Attn (training, or eval_mode='sf')",
+                     "dense eval mode (model.eval() with eval_mode='full') equals sdpa there")
     if attention_mask is not None and attention_mask.ndim != 2:
         raise ValueError(
             "sf_attention needs a 2-D (batch, seq_len) padding mask; got a prepared "
@@ -254,7 +247,9 @@ def sf_attention_forward(
     Args:
         module: the attention layer (``training``, ``config``, ``is_causal`` are read).
         query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, kv, D)``.
-        attention_mask: 2-D ``(B, kv)`` padding mask from :func:`sf_attention_mask`, or None.
+        attention_mask: what :func:`~hf_sinklora.attention.mask.sf_attention_mask` built: the 2-D
+            ``(B, n)`` padding mask of a whole sequence, ``sdpa``'s ``(B, 1, q, kv)`` mask under a
+            KV cache or mask overlays, or None.
         dropout: attention dropout probability.
         scaling: softmax scale (default ``D ** -0.5``).
         sliding_window: the layer's window; keys further back are hidden.
@@ -289,8 +284,31 @@ def s2_attention_forward(
     return _attention(module, query, key, value, attention_mask, settings, dropout, scaling, sliding_window, softcap, kwargs)
 
 
+MIN_TRANSFORMERS = "5.24"
+
+
+def check_transformers_version(found: str | None = None) -> None:
+    """Raises ``ImportError`` for a transformers older than the floor in pyproject.toml.
+
+    5.2/5.3 call mask functions with ``cache_position`` instead of ``q_length``; before 5.13 cache
+    layers need ``get_max_cache_shape``; before 5.24 ``generate``/``forward`` do not know the
+    ``cache=`` argument (``model(..., cache=H2OCache(...))`` would silently run without it).
+    """
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    found = found or version("transformers")
+    if Version(found) < Version(MIN_TRANSFORMERS):
+        raise ImportError(
+            f"hf_sinklora needs transformers>={MIN_TRANSFORMERS},<6 (found {found}); "
+            f"run: pip install -U 'transformers>={MIN_TRANSFORMERS},<6'"
+        )
+
+
 def register() -> None:
     """Registers both names with transformers' ``AttentionInterface`` and ``AttentionMaskInterface``."""
+    check_transformers_version()
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 

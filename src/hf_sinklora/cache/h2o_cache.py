@@ -79,6 +79,12 @@ class H2OCache(EvictingCache):
     The rest of the budget goes to the tokens with the highest accumulated attention
     (summed over every query since they entered, averaged over a KV head's query heads).
 
+    Left padding with ``generate(..., prefill_chunk_size=C)``: eviction runs after each chunk of
+    the *padded* batch, so a row with ``p`` left pads keeps exactly what the same row alone keeps
+    when prefilled in a first step of ``C - p % C`` tokens, then steps of ``C`` (independent of the
+    padding when ``p % C == 0`` or without chunked prefill). Pads are never attended or scored and
+    are evicted first. See docs/h2o.md.
+
     Raises:
         ValueError: a setting is out of range (the message names it).
     """
