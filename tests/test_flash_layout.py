@@ -12,7 +12,8 @@ import torch
 
 from hf_sinklora.attention import find_segments, interface
 from hf_sinklora.attention.flash_varlen import build_varlen_layout, varlen_reference_attention
-from hf_sinklora.attention.groups import build_group_layout, group_sizes
+from hf_sinklora.attention.config import SFAttentionConfig
+from hf_sinklora.attention.groups import build_group_layout
 
 from .helpers import random_scenario
 from .test_sf_rule import HEAD_LAYOUTS, run_against_reference
@@ -52,7 +53,7 @@ def test_varlen_layout_matches_dense_reference(fake_flash, seed):
 def test_varlen_layout_by_hand():
     """One row of 10 tokens, G = 4, 2 sinks, unshifted: groups [0,4), [4,8), [8,10)."""
     segments = find_segments(1, 10, torch.device("cpu"))
-    layout = build_group_layout(segments, group_sizes(segments, 4, 0.25), shifted=False, num_sink_tokens=2)
+    layout = build_group_layout(segments, SFAttentionConfig(group_size=4).group_sizes_for(segments.length), shifted=False, num_sink_tokens=2)
     varlen = build_varlen_layout(layout)
     assert varlen.cu_seqlens_q.tolist() == [0, 4, 8, 10]
     assert varlen.cu_seqlens_k.tolist() == [0, 4, 10, 14]
@@ -60,7 +61,7 @@ def test_varlen_layout_by_hand():
     assert varlen.key_index.tolist() == [0, 1, 2, 3, 0, 1, 4, 5, 6, 7, 0, 1, 8, 9]
     assert (varlen.max_seqlen_q, varlen.max_seqlen_k) == (4, 6)
 
-    shifted = build_group_layout(segments, group_sizes(segments, 4, 0.25), shifted=True, num_sink_tokens=2)
+    shifted = build_group_layout(segments, SFAttentionConfig(group_size=4).group_sizes_for(segments.length), shifted=True, num_sink_tokens=2)
     varlen = build_varlen_layout(shifted)  # groups [0,2), [2,6), [6,10)
     assert varlen.cu_seqlens_q.tolist() == [0, 2, 6, 10]
     assert varlen.key_index.tolist() == [0, 1, 0, 1, 2, 3, 4, 5, 0, 1, 6, 7, 8, 9]

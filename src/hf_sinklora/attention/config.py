@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
+
 from .._checks import is_int, is_number
 
 CONFIG_ATTRIBUTE = "sf_attention"
@@ -70,11 +72,16 @@ class SFAttentionConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def group_size_for(self, segment_length: int) -> int:
-        """``G`` for a segment of ``segment_length`` tokens (never below 1)."""
+    def group_sizes_for(self, lengths: torch.Tensor) -> torch.Tensor:
+        """``(S,)`` group size ``G`` of segments of ``lengths`` tokens: the fixed ``group_size``, or
+        ``ceil(length * group_size_ratio)`` (never below 1; no float round-up past a whole number)."""
         if self.group_size is not None:
-            return self.group_size
-        return max(1, math.ceil(segment_length * self.group_size_ratio - _EPS))
+            return torch.full_like(lengths, self.group_size)
+        return torch.ceil(lengths.double() * self.group_size_ratio - _EPS).long().clamp_min(1)
+
+    def group_size_for(self, segment_length: int) -> int:
+        """``G`` for one segment of ``segment_length`` tokens (:meth:`group_sizes_for`)."""
+        return int(self.group_sizes_for(torch.tensor([segment_length]))[0])
 
     def num_shifted_heads(self, num_query_heads: int) -> int:
         """How many of the last query heads use shifted groups: ``ceil(ratio * Hq)``."""

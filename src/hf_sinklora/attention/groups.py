@@ -51,14 +51,6 @@ class GroupLayout:
         return int(torch.maximum(in_group, to_sinks).max())
 
 
-def group_sizes(segments: Segments, group_size: int | None, group_size_ratio: float) -> torch.Tensor:
-    """``(S,)`` group size of each segment: fixed, or ``ceil(length * ratio)`` (at least 1)."""
-    if group_size is not None:
-        return torch.full_like(segments.length, group_size)
-    sizes = torch.ceil(segments.length.double() * group_size_ratio - 1e-9).long()
-    return sizes.clamp_min(1)
-
-
 def build_group_layout(
     segments: Segments, sizes: torch.Tensor, shifted: bool, num_sink_tokens: int
 ) -> GroupLayout:
@@ -66,7 +58,7 @@ def build_group_layout(
 
     Args:
         segments: the batch's segments.
-        sizes: ``(S,)`` group size per segment (see :func:`group_sizes`).
+        sizes: ``(S,)`` group size per segment (``SFAttentionConfig.group_sizes_for``).
         shifted: use the groups of shifted heads (offset by ``G // 2``).
         num_sink_tokens: ``s``.
     """

@@ -10,28 +10,21 @@ transformers calls them from every model that uses the attention interface, with
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
 from ..cache.scored_attention import h2o_attention, h2o_layer_of
 from .config import SFAttentionConfig, sf_config_from
 from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
 from .full_causal import full_causal_attention
 from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_window_free
-from .groups import build_group_layout, group_sizes
+from .groups import build_group_layout
 from .mask import overlays_of, padding_of, sf_attention_mask
 from .segments import Segments, find_segments
 
-logger = logging.getLogger(__name__)
-_warned: set[str] = set()
-
-
-def _warn_once(message: str) -> None:
-    if message not in _warned:
-        _warned.add(message)
-        logger.warning(message)
+logger = logging.get_logger(__name__)  # transformers' logging: warning_once
 
 
 def _segments_for(query: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> Segments:
@@ -68,6 +61,91 @@ def _use_flash(query: torch.Tensor, settings: SFAttentionConfig) -> bool:
     return can_use_flash(query)
 
 
+def _class_inputs(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, classes: list[tuple[int, int, bool]], repeats: int
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(q, k, v)`` of each head class. Split, not sliced, so backward assembles each gradient in
+    one pass; a class boundary inside a GQA group gives each of its query heads its own key head."""
+    counts = [end - first for first, end, _ in classes]
+    queries = query.split(counts, dim=1)
+    if all(first % repeats == 0 and end % repeats == 0 for first, end, _ in classes):
+        kv_counts = [count // repeats for count in counts]
+        return list(zip(queries, key.split(kv_counts, dim=1), value.split(kv_counts, dim=1), strict=True))
+    inputs = []
+    for q, (first, end, _) in zip(queries, classes, strict=True):
+        kv_heads = torch.arange(first, end, device=query.device) // repeats
+        inputs.append((q, key[:, kv_heads], value[:, kv_heads]))
+    return inputs
+
+
+def _uniform_class_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    shifted: bool,
+    settings: SFAttentionConfig,
+    *,
+    scale: float,
+    dropout: float,
+    sliding_window: int | None,
+) -> torch.Tensor | None:
+    """The gather-free path for one head class of whole rows of one length, or None when it cannot
+    express the rule (a sliding window that binds inside a group + sinks).
+
+    Args:
+        query: ``(B, h, n, D)``; key/value: ``(B, h_kv, n, D)`` of this class.
+
+    Returns:
+        ``(B, n, h, D)`` or None.
+    """
+    seq_len = query.shape[2]
+    group_size = settings.group_size_for(seq_len)
+    shift = group_size // 2 if shifted else 0
+    if not uniform_window_free(seq_len, group_size, shift, settings.num_sink_tokens, sliding_window):
+        return None
+    return uniform_grouped_attention(query, key, value, group_size, shift, settings.num_sink_tokens,
+                                     scale=scale, dropout=dropout)
+
+
+def _layout_class_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    segments: Segments,
+    shifted: bool,
+    settings: SFAttentionConfig,
+    *,
+    use_flash: bool,
+    scale: float,
+    dropout: float,
+    sliding_window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """One head class over any segments (packed rows, padding, mixed lengths): the groups are
+    gathered by a :class:`GroupLayout`, then flash-attn varlen or grouped SDPA runs them.
+
+    Args:
+        query: ``(B, h, n, D)``; key/value: ``(B, h_kv, n, D)`` of this class.
+
+    Returns:
+        ``(B, n, h, D)``; padding positions are zeros.
+    """
+    batch_size, heads, seq_len, _ = query.shape
+    key_valid = None if segments.key_valid is None else segments.key_valid.flatten()
+    layout = build_group_layout(segments, settings.group_sizes_for(segments.length), shifted, settings.num_sink_tokens)
+    q, k, v = (_token_major(x) for x in (query, key, value))
+    window_binds = sliding_window is not None and layout.max_distance >= sliding_window
+    flash_ok = use_flash and key_valid is None and not window_binds
+    if use_flash and not flash_ok:
+        logger.warning_once("sf_attention: a binding sliding window or masked holes need the grouped SDPA backend")
+    if flash_ok:
+        out = flash_grouped_attention(q, k, v, layout, scale=scale, dropout=dropout, softcap=softcap)
+    else:
+        out = grouped_attention(q, k, v, layout, scale=scale, dropout=dropout, sliding_window=sliding_window,
+                                softcap=softcap, key_valid=key_valid)
+    return out.view(batch_size, seq_len, heads, -1)
+
+
 def grouped_sf_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -80,7 +158,8 @@ def grouped_sf_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """SF-Attn over the given segments.
+    """SF-Attn over the given segments, one head class (unshifted, shifted) at a time: the
+    gather-free path for whole rows of one length, the layout path otherwise.
 
     Args:
         query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
@@ -92,51 +171,19 @@ def grouped_sf_attention(
     """
     batch_size, num_heads, seq_len, _ = query.shape
     repeats = num_heads // key.shape[1]
-    key_valid = None if segments.key_valid is None else segments.key_valid.flatten()
-    sizes = group_sizes(segments, settings.group_size, settings.group_size_ratio)
     use_flash = _use_flash(query, settings)
-
     classes = _head_classes(num_heads, settings)
     uniform = segments.is_uniform and softcap is None and not use_flash
-    if uniform:  # split (not slice) heads: backward then assembles each gradient in one pass
-        head_counts = [end - first for first, end, _ in classes]
-        query_parts = query.split(head_counts, dim=1)
-        if all(first % repeats == 0 and end % repeats == 0 for first, end, _ in classes):
-            key_parts = key.split([c // repeats for c in head_counts], dim=1)
-            value_parts = value.split([c // repeats for c in head_counts], dim=1)
-        else:
-            key_parts = value_parts = None
     outputs = []
-    for index, (first, end, shifted) in enumerate(classes):
-        if first % repeats == 0 and end % repeats == 0:
-            kv_heads = slice(first // repeats, end // repeats)
-        else:  # the class boundary splits a GQA group: give each query head its own key head
-            kv_heads = torch.arange(first, end, device=query.device) // repeats
+    for (first, end, shifted), (q, k, v) in zip(classes, _class_inputs(query, key, value, classes, repeats)):
+        out = None
         if uniform:
-            group_size = settings.group_size_for(seq_len)
-            shift = group_size // 2 if shifted else 0
-            if uniform_window_free(seq_len, group_size, shift, settings.num_sink_tokens, sliding_window):
-                k = key[:, kv_heads] if key_parts is None else key_parts[index]
-                v = value[:, kv_heads] if value_parts is None else value_parts[index]
-                out = uniform_grouped_attention(
-                    query_parts[index], k, v, group_size, shift, settings.num_sink_tokens, scale=scale, dropout=dropout
-                )
-                outputs.append(out)
-                continue
-        layout = build_group_layout(segments, sizes, shifted, settings.num_sink_tokens)
-        q, k, v = (_token_major(x) for x in (query[:, first:end], key[:, kv_heads], value[:, kv_heads]))
-        window_binds = sliding_window is not None and layout.max_distance >= sliding_window
-        flash_ok = use_flash and key_valid is None and not window_binds
-        if use_flash and not flash_ok:
-            _warn_once("sf_attention: a binding sliding window or masked holes need the grouped SDPA backend for this call")
-        if flash_ok:
-            out = flash_grouped_attention(q, k, v, layout, scale=scale, dropout=dropout, softcap=softcap)
-        else:
-            out = grouped_attention(
-                q, k, v, layout, scale=scale, dropout=dropout,
-                sliding_window=sliding_window, softcap=softcap, key_valid=key_valid,
-            )
-        outputs.append(out.view(batch_size, seq_len, end - first, -1))
+            out = _uniform_class_attention(q, k, v, shifted, settings, scale=scale, dropout=dropout,
+                                           sliding_window=sliding_window)
+        if out is None:
+            out = _layout_class_attention(q, k, v, segments, shifted, settings, use_flash=use_flash, scale=scale,
+                                          dropout=dropout, sliding_window=sliding_window, softcap=softcap)
+        outputs.append(out)
     out = torch.cat(outputs, dim=2) if len(outputs) > 1 else outputs[0]
     return out.reshape(batch_size, seq_len, num_heads, -1)
 
@@ -165,7 +212,7 @@ def _attention(
     kwargs: dict[str, Any],
 ) -> tuple[torch.Tensor, None]:
     if kwargs.get("output_attentions"):
-        _warn_once(
+        logger.warning_once(
             "sf_attention does not return attention probabilities (SF-Attn never forms the n x n matrix); "
             "attentions are None. Load with attn_implementation='eager' to inspect them."
         )
