@@ -6,6 +6,7 @@ import torch
 from transformers import (
     AutoModelForCausalLM,
     Gemma2Config,
+    Gemma3TextConfig,
     GemmaConfig,
     GPTNeoXConfig,
     LlamaConfig,
@@ -38,52 +39,63 @@ _COMMON = dict(
 )
 
 
-def _llama():
-    return LlamaConfig(**_COMMON, num_key_value_heads=2)
+def _llama(common):
+    return LlamaConfig(**common, num_key_value_heads=2)
 
 
-def _mistral():
-    return MistralConfig(**_COMMON, num_key_value_heads=2, sliding_window=8)
+def _mistral(common):
+    return MistralConfig(**common, num_key_value_heads=2, sliding_window=8)
 
 
-def _qwen2():
-    return Qwen2Config(**_COMMON, num_key_value_heads=2)
+def _qwen2(common):
+    return Qwen2Config(**common, num_key_value_heads=2)
 
 
-def _qwen3_gqa_split():
+def _qwen3_gqa_split(common):
     # 4 query heads / 2 key-value heads, 1 shifted head: the unshifted/shifted boundary
     # (head 3) cuts the second GQA group (heads 2, 3) in half.
-    return Qwen3Config(**_COMMON, num_key_value_heads=2, head_dim=8)
+    return Qwen3Config(**common, num_key_value_heads=2, head_dim=8)
 
 
-def _qwen3_sliding():
+def _qwen3_sliding(common):
     # layer 0 full attention, layer 1 a window of 8 (< G = 10)
-    return Qwen3Config(**_COMMON, num_key_value_heads=2, head_dim=8, use_sliding_window=True, sliding_window=8,
+    return Qwen3Config(**common, num_key_value_heads=2, head_dim=8, use_sliding_window=True, sliding_window=8,
                        max_window_layers=1)
 
 
-def _gemma():
-    return GemmaConfig(**_COMMON, num_key_value_heads=1, head_dim=8)
+def _gemma(common):
+    return GemmaConfig(**common, num_key_value_heads=1, head_dim=8)
 
 
-def _gemma2():
+def _gemma2(common):
     return Gemma2Config(
-        **_COMMON, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+        **common, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
         layer_types=["sliding_attention", "full_attention"],
         attn_logit_softcapping=2.0,  # small enough to bind with these weights
         final_logit_softcapping=5.0,
     )
 
 
-def _phi3():
-    return Phi3Config(**_COMMON, num_key_value_heads=2, resid_pdrop=0.0, embd_pdrop=0.0,
-                      original_max_position_embeddings=256)
+def _phi3(common):
+    return Phi3Config(**common, num_key_value_heads=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                      original_max_position_embeddings=common["max_position_embeddings"])
 
 
-def _gpt_neox():
-    common = {k: v for k, v in _COMMON.items() if k != "attention_dropout"}
+def _gpt_neox(common):
+    common = {k: v for k, v in common.items() if k != "attention_dropout"}
     return GPTNeoXConfig(**common, attention_dropout=0.0, hidden_dropout=0.0, rotary_pct=0.5,
                          use_parallel_residual=True)
+
+
+def gemma3_factory(common):
+    """Per-layer-type ``rope_parameters`` (``{"sliding_attention": ..., "full_attention": ...}``)."""
+    return Gemma3TextConfig(**common, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=8,
+                            layer_types=["sliding_attention", "full_attention"])
+
+
+def family_config(factory, **overrides):
+    """A config from one of the factories above, with ``overrides`` of the common settings."""
+    return factory({**_COMMON, **overrides})
 
 
 # family -> (config factory, extra sf_attention settings, eval-mode baseline implementation)
@@ -103,7 +115,7 @@ FAMILY_NAMES = list(FAMILIES)
 
 def make_config(family: str):
     factory, extra, _ = FAMILIES[family]
-    config = factory()
+    config = family_config(factory)
     hf_sinklora.configure_sf_attention(config, **{**SF_PARAMS, **extra})
     return config
 

@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-from transformers import (
-    Gemma2Config,
-    Gemma3TextConfig,
-    GemmaConfig,
-    GPTNeoXConfig,
-    LlamaConfig,
-    MistralConfig,
-    Phi3Config,
-    Qwen2Config,
-    Qwen3Config,
-)
+import functools
 
-VOCAB = 96
-COMMON = dict(
-    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    max_position_embeddings=64, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-)
+from .families import FAMILIES as SHARED
+from .families import family_config, gemma3_factory
 
-# family -> config factory. Gemma/Gemma2 keep their default tied embeddings, the others are untied.
+# The recipe tests' sizes on the shared family configs (tests/families.py): 64 positions to extend
+# from, a small vocabulary, Gemma's tied embeddings (its default) and everyone else's untied.
+COMMON = dict(vocab_size=96, max_position_embeddings=64, initializer_range=0.02, pad_token_id=0, bos_token_id=1,
+              eos_token_id=2, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+_TIED = dict(tie_word_embeddings=True)
+
+# family -> config factory
 FAMILIES = {
-    "llama": lambda: LlamaConfig(**COMMON, num_key_value_heads=2),
-    "mistral": lambda: MistralConfig(**COMMON, num_key_value_heads=2, sliding_window=16),
-    "qwen2": lambda: Qwen2Config(**COMMON, num_key_value_heads=2, tie_word_embeddings=False),
-    "qwen3": lambda: Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=8, tie_word_embeddings=False),
-    "gemma": lambda: GemmaConfig(**COMMON, num_key_value_heads=1, head_dim=8),
-    "gemma2": lambda: Gemma2Config(**COMMON, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
-                                   sliding_window=16, layer_types=["sliding_attention", "full_attention"]),
-    "phi3": lambda: Phi3Config(**COMMON, num_key_value_heads=2, original_max_position_embeddings=64),
-    "gpt_neox": lambda: GPTNeoXConfig(**COMMON, rotary_pct=0.5, tie_word_embeddings=False),
+    name: functools.partial(family_config, SHARED[shared][0], **COMMON, **(_TIED if name.startswith("gemma") else {}))
+    for name, shared in (("llama", "llama"), ("mistral", "mistral"), ("qwen2", "qwen2"), ("qwen3", "qwen3_gqa_split"),
+                         ("gemma", "gemma"), ("gemma2", "gemma2"), ("phi3", "phi3"), ("gpt_neox", "gpt_neox"))
 }
-
-
-def gemma3_config() -> Gemma3TextConfig:
-    """Per-layer-type ``rope_parameters`` (``{"sliding_attention": ..., "full_attention": ...}``)."""
-    return Gemma3TextConfig(**COMMON, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8, sliding_window=16,
-                            layer_types=["sliding_attention", "full_attention"])
+gemma3_config = functools.partial(family_config, gemma3_factory, **COMMON)
 
 
 # What the recipe must find, written down per family from the modeling code (the independent side).
