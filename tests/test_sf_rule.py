@@ -17,7 +17,8 @@ HEAD_LAYOUTS = [(4, 4), (4, 2), (6, 2), (4, 1), (3, 1), (5, 5), (8, 2)]
 
 
 def run_against_reference(scenario: Scenario, num_heads: int, num_kv_heads: int, dtype=torch.float64, seed=0,
-                          attention_fn=sf_attention_forward, expected_params=None, training=True):
+                          attention_fn=sf_attention_forward, expected_params=None, training=True, device="cpu"):
+    """The attention function on ``device`` against the dense reference (on the CPU), outputs and gradients."""
     torch.manual_seed(seed)
     batch, n, dim = len(scenario.rows), scenario.seq_len, 8
     q = torch.randn(batch, num_heads, n, dim, dtype=dtype, requires_grad=True)
@@ -25,10 +26,12 @@ def run_against_reference(scenario: Scenario, num_heads: int, num_kv_heads: int,
     v = torch.randn(batch, num_kv_heads, n, dim, dtype=dtype, requires_grad=True)
     module = FakeAttention(scenario.params, num_heads // num_kv_heads).train(training)
     mask, kwargs = scenario.attention_kwargs()
+    moved = {key: value.to(device) if isinstance(value, torch.Tensor) else value for key, value in kwargs.items()}
     out, weights = attention_fn(
-        module, q, k, v, mask, dropout=0.0, scaling=0.3,
-        sliding_window=scenario.sliding_window, softcap=scenario.softcap, **kwargs,
+        module, q.to(device), k.to(device), v.to(device), None if mask is None else mask.to(device), dropout=0.0,
+        scaling=0.3, sliding_window=scenario.sliding_window, softcap=scenario.softcap, **moved,
     )
+    out = out.cpu()
     assert weights is None
     assert out.shape == (batch, n, num_heads, dim)
 
