@@ -50,35 +50,48 @@ def scored_attention(
     group = num_heads // num_kv_heads
     key_pos = layer.slot_positions[:, :, None, :]  # (B, Hkv, 1, slots)
     real = layer.attendable()[:, :, None, :]
+    all_real = bool(real.all())
     query_pos = layer.query_positions(num_queries)
     if queries_real is not None:
         queries_real = queries_real.to(device=query.device, dtype=torch.bool)[:, None, :, None]  # (B, 1, q, 1)
     grouped = query.view(batch, num_kv_heads, group, num_queries, head_dim)
-    keys_t = keys.transpose(-1, -2)  # (B, Hkv, D, slots)
     softmax_dtype = torch.promote_types(query.dtype, torch.float32)
+    slot_index = torch.arange(num_slots, device=query.device)
 
     chunk = max(1, chunk_elements // max(1, batch * num_heads * num_slots))
-    key_mass, outputs = None, []
+    key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=softmax_dtype, device=query.device)
+    outputs = []
     for start in range(0, num_queries, chunk):
         pos = query_pos[start : start + chunk, None]  # (c, 1)
         size = pos.shape[0]
+        # slots past the last one any query of the chunk can see are skipped: in a multi-token step
+        # the slots are in position order, so a causal prefill does about half the work
+        seen_by_chunk = torch.where(key_pos[:, :, 0] <= pos[-1, 0], slot_index, -1)
+        width = int(seen_by_chunk.max()) + 1
+        first = 0  # columns before `first` are seen by every query of the chunk: no mask there
         if num_queries == 1 and queries_real is None and sliding_window is None:
-            visible = real  # decoding: every kept token is in the past, the query itself included
+            hidden = None if all_real else ~real  # decoding: every kept token is in the past, the query itself too
         else:
-            visible = real & (key_pos <= pos)
+            if queries_real is None and sliding_window is None and all_real:
+                first = int(torch.where(key_pos[:, :, 0] > pos[0, 0], slot_index, num_slots).min().clamp(max=width))
+            kpos = key_pos[..., first:width]
+            hidden = kpos > pos  # (B, Hkv, c, width - first): the future
             if sliding_window is not None:
-                visible = visible & (pos - key_pos < sliding_window)
+                hidden = hidden | (pos - kpos >= sliding_window)
+            if not all_real:
+                hidden = hidden | ~real[..., :width]
             if queries_real is not None:
-                visible = visible & queries_real[:, :, start : start + size]
-            visible = visible | (key_pos == pos)  # a (padding) query always sees itself: no empty row
+                hidden = (hidden | ~queries_real[:, :, start : start + size]) & (kpos != pos)  # a pad query sees itself
         q = grouped[:, :, :, start : start + size].reshape(batch, num_kv_heads, group * size, head_dim)
-        logits = torch.matmul(q * scale, keys_t).to(softmax_dtype).view(batch, num_kv_heads, group, size, num_slots)
+        logits = torch.matmul(q * scale, keys[:, :, :width].transpose(-1, -2)).to(softmax_dtype)
+        logits = logits.view(batch, num_kv_heads, group, size, width)
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
-        probs = torch.softmax(torch.where(visible[:, :, None], logits, float("-inf")), dim=-1)
-        mass = probs.sum(dim=(2, 3))
-        key_mass = mass if key_mass is None else key_mass + mass
-        out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, num_slots), values)
+        if hidden is not None:
+            logits[..., first:].masked_fill_(hidden[:, :, None], float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        key_mass[..., :width] += probs.sum(dim=(2, 3))
+        out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, width), values[:, :, :width])
         outputs.append(out.view(batch, num_kv_heads, group, size, head_dim))
     if group > 1:
         key_mass = key_mass / group
