@@ -1,0 +1,181 @@
+"""A whole training step with ``sf_attention`` against full causal SDPA, beside the FLOP-count prediction.
+
+For each model shape and sequence length ``n``: a 2-layer ``LlamaForCausalLM`` (the same random
+weights for both attentions), wrapped with the recipe's LoRA+ (``sinklora_lora_config``), in train
+mode; one step = forward with labels, backward, AdamW step, zero_grad. The two attentions
+alternate, each step timed ``--repeats`` times after a warm-up; medians with min/max spread.
+
+The prediction assumes every FLOP costs the same: a step is 3x its forward FLOPs (the 6N rule),
+the forward being the linear layers (``2 * weights`` per token: projections, MLP, LM head) plus
+attention (``4 * D * H`` per visible (query, key) pair: ``n^2 / 2`` pairs for causal attention,
+about ``n * (G / 2 + s)`` for SF-Attn). What it leaves out (softmax, norms, the block copies of
+grouped attention) is what a gap between the measurement and the prediction shows.
+
+    .venv/bin/python benchmarks/bench_training_step.py                  # both shapes, n = 4k/8k/16k
+    .venv/bin/python benchmarks/bench_training_step.py --quick          # smoke run, tiny sizes
+
+Writes ``<output-dir>/bench_training_step_<device>.json`` and ``.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_common import DEFAULT_OUTPUT_DIR, environment, length_axis, synchronize
+from peft import get_peft_model
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+import hf_sinklora
+
+logger = logging.getLogger("bench_training_step")
+CONTENDERS = ("sdpa", "sf_attention")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A 2-layer Llama: ``heads`` query and key/value heads of ``head_dim``."""
+
+    name: str
+    hidden: int
+    heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    layers: int = 2
+
+    def config(self, max_length: int) -> LlamaConfig:
+        return LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
+                           num_hidden_layers=self.layers, num_attention_heads=self.heads,
+                           num_key_value_heads=self.heads, head_dim=self.head_dim, max_position_embeddings=max_length)
+
+
+SHAPES = (
+    Shape("8 heads x 128, hidden 1024, vocab 8000", hidden=1024, heads=8, head_dim=128, intermediate=2816, vocab=8000),
+    Shape("4 heads x 128, hidden 512, vocab 32000", hidden=512, heads=4, head_dim=128, intermediate=1408, vocab=32000),
+)
+QUICK_SHAPES = (Shape("quick", hidden=64, heads=2, head_dim=32, intermediate=128, vocab=256),)
+
+
+def predicted_ratio(shape: Shape, n: int, settings: hf_sinklora.SFAttentionConfig) -> float:
+    """sf/sdpa step time if every FLOP cost the same (see the module docstring)."""
+    attention_weights = shape.hidden * shape.heads * shape.head_dim * 4
+    linear = n * 2 * (shape.layers * (attention_weights + 3 * shape.hidden * shape.intermediate) + shape.hidden * shape.vocab)
+    per_pair = 4 * shape.head_dim * shape.heads * shape.layers
+    group = settings.group_size_for(n)
+    full_pairs = n * (n + 1) / 2
+    sf_pairs = n * ((group + 1) / 2 + min(settings.num_sink_tokens, n))
+    return (linear + per_pair * sf_pairs) / (linear + per_pair * full_pairs)
+
+
+def build_models(shape: Shape, n: int, device: str) -> dict[str, torch.nn.Module]:
+    """The same LoRA+ model under each attention."""
+    models = {}
+    for implementation in CONTENDERS:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_config(shape.config(n), attn_implementation=implementation).to(device)
+        hf_sinklora.configure_sf_attention(base)
+        torch.manual_seed(1)
+        models[implementation] = get_peft_model(base, hf_sinklora.sinklora_lora_config(base)).train()
+    return models
+
+
+def timed_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: torch.Tensor, device: str) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def measure(shape: Shape, n: int, repeats: int, device: str) -> dict[str, Any]:
+    models = build_models(shape, n, device)
+    optimizers = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in models.items()}
+    ids = torch.randint(0, shape.vocab, (1, n), generator=torch.Generator().manual_seed(2)).to(device)
+    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for name in CONTENDERS:  # warm-up
+        timed_step(models[name], optimizers[name], ids, device)
+    for _ in range(repeats):
+        for name in CONTENDERS:  # alternate, so load on a shared machine hits both alike
+            times[name].append(timed_step(models[name], optimizers[name], ids, device))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratio = medians["sf_attention"] / medians["sdpa"]
+    prediction = predicted_ratio(shape, n, hf_sinklora.SFAttentionConfig())
+    logger.info("%s n=%d: sdpa %.3fs, sf %.3fs, sf/sdpa %.3f (FLOP prediction %.3f)", shape.name, n,
+                medians["sdpa"], medians["sf_attention"], ratio, prediction)
+    return {"n": n, "seconds": times, "median_s": medians, "ratio": ratio, "predicted_ratio": prediction,
+            "within_5_percent": ratio <= prediction * 1.05}
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6 * len(document["shapes"]), 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    for index, entry in enumerate(document["shapes"], start=1):
+        axis = figure.add_subplot(1, len(document["shapes"]), index)
+        lengths = [cell["n"] for cell in entry["cells"]]
+        spread = [[cell["ratio"] - min(cell["seconds"]["sf_attention"]) / max(cell["seconds"]["sdpa"]) for cell in entry["cells"]],
+                  [max(cell["seconds"]["sf_attention"]) / min(cell["seconds"]["sdpa"]) - cell["ratio"] for cell in entry["cells"]]]
+        axis.errorbar(lengths, [c["ratio"] for c in entry["cells"]], yerr=spread, marker="o", capsize=3,
+                      label="measured (median, min-max)")
+        axis.plot(lengths, [c["predicted_ratio"] for c in entry["cells"]], marker="x", linestyle="--",
+                  label="FLOP-count prediction")
+        length_axis(axis, lengths)
+        top = max(1.2, 1.1 * max(max(c["seconds"]["sf_attention"]) / min(c["seconds"]["sdpa"]) for c in entry["cells"]))
+        axis.set(title=entry["shape"]["name"], ylabel="step time, sf_attention / sdpa", ylim=(0, top))
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+        axis.legend(fontsize=8)
+    figure.suptitle(document["title"], fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: str, output_dir: Path) -> dict[str, Any]:
+    env = environment(device)
+    document = {
+        "benchmark": "whole training step (LoRA+, train mode, 2-layer Llama): sf_attention vs causal SDPA",
+        "title": f"training step, sf_attention / sdpa on {env['device_name']} ({device})",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": env,
+        "repeats": repeats,
+        "shapes": [{"shape": asdict(shape), "cells": [measure(shape, n, repeats, device) for n in lengths]}
+                   for shape in shapes],
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = output_dir / f"bench_training_step_{'cuda' if device.startswith('cuda') else 'cpu'}"
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    plot(document, stem.with_suffix(".png"))
+    return document
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per contender after one warm-up")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--quick", action="store_true", help="tiny shape, n = 256/512, 1 repeat (a smoke run)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.quick:
+        run([256, 512], QUICK_SHAPES, 1, args.device, args.output_dir)
+    else:
+        run(args.lengths, SHAPES, args.repeats, args.device, args.output_dir)
+
+
+if __name__ == "__main__":
+    main()
