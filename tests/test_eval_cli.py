@@ -200,6 +200,29 @@ def test_passkey_through_eviction_caches(checkpoint, tmp_path, capsys):
 ])
 def test_passkey_cache_options_are_checked_first(checkpoint, tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as exit_info:
-        main(["passkey", "--model", str(tmp_path / "not-loaded"), "--lengths", "160", "--output",
+        main(["passkey", "--model", str(checkpoint / "base"), "--lengths", "160", "--output",
               str(tmp_path / "x.json"), *extra])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval-ppl", "passkey", "eval-h2o"])
+@pytest.mark.parametrize("change,message", [
+    (("--model", "./nope"), "model ./nope does not exist (a local path, not a hub id)"),
+    (("--output", "/proc/no/such/out.json"), "--output /proc/no/such/out.json cannot be written"),
+])
+def test_eval_commands_check_paths_before_loading(checkpoint, text_files, tmp_path, capsys, command, change, message):
+    argv = [command, "--model", str(checkpoint / "base"), "--output", str(tmp_path / "o.json"), "--no-progress"]
+    argv += {"passkey": ["--lengths", "160"], "eval-ppl": ["--lengths", "32", "--data", str(text_files)],
+             "eval-h2o": ["--data", str(text_files)]}[command]
+    argv[argv.index(change[0]) + 1] = change[1]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_eval_ppl_missing_data_file_is_named(checkpoint, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["eval-ppl", "--model", str(checkpoint / "base"), "--data", "nofile.txt", "--lengths", "32",
+              "--output", str(tmp_path / "o.json")])
+    assert "dataset path nofile.txt does not exist" in capsys.readouterr().err

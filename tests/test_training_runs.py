@@ -184,7 +184,7 @@ def test_resume_skips_a_checkpoint_whose_save_was_killed(tmp_path):
 
 @pytest.mark.parametrize("change,message", [
     (("--model", "./nope"), "model ./nope does not exist (a local path, not a hub id)"),
-    (("--model", "nobody/no-such-model"), "model 'nobody/no-such-model' cannot be loaded"),
+    (("--model", "nobody/no-such-model"), "model 'nobody/no-such-model' is neither a local directory nor in the"),
     (("--dataset", "nofile.jsonl"), "dataset path nofile.jsonl does not exist"),
     (("--target-length", "64"), "target_length=64 is not above the model's context (max_position_embeddings=64)"),
 ])
@@ -215,6 +215,24 @@ def test_push_without_a_token_fails_before_training(recipe_workspace, tmp_path, 
         main(_argv(recipe_workspace, tmp_path / "out", "--push-to-hub", "me/model"))
     assert "needs a Hugging Face token" in capsys.readouterr().err
     assert not (tmp_path / "out" / "adapter_config.json").exists()
+
+
+def test_an_unreachable_hub_fails_at_once(recipe_workspace, tmp_path, capsys, monkeypatch):
+    """Neither cached nor reachable: one line, and no request that would be retried for a minute."""
+    from huggingface_hub import constants
+
+    from hf_sinklora.hub import loading
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=5.0: False)
+    argv = _argv(recipe_workspace, tmp_path / "out")
+    argv[argv.index("--model") + 1] = "nobody/no-such-model"
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hf-sinklora: error: model 'nobody/no-such-model' is neither a local directory nor in the local "
+                   f"cache, and {constants.ENDPOINT} cannot be reached (offline?)"]
 
 
 def test_debug_shows_the_traceback(recipe_workspace, tmp_path):

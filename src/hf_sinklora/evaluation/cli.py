@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,42 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """What fails before any model loads: a ``--model`` that cannot be had (a missing local path, a
+    hub id neither cached nor reachable), a missing local ``--adapter``, an ``--output`` (and
+    ``--plot``) that cannot be written.
+
+    Raises:
+        ValueError: one line naming the flag.
+    """
+    from ..data.sources import looks_like_path
+    from ..hub.loading import model_config_or_error
+
+    model_config_or_error(args.model)
+    if args.adapter and looks_like_path(args.adapter) and not Path(args.adapter).expanduser().exists():
+        raise ValueError(f"--adapter {args.adapter} does not exist (a local path, not a hub id)")
+    for flag in ("output", "plot"):
+        value = getattr(args, flag, None)
+        if not value:
+            continue
+        target = Path(value)
+        if target.is_dir():
+            raise ValueError(f"--{flag} {value} is a directory; name a file")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--{flag} {value} cannot be written: {error.strerror or error}") from None
+        if not os.access(target.parent, os.W_OK):
+            raise ValueError(f"--{flag} {value} cannot be written: {target.parent} is read-only")
+
+
 def _run_eval_ppl(args: argparse.Namespace) -> int:
     from ..data.sources import load_texts
     from .loading import load_for_eval
     from .perplexity import evaluate_perplexity
     from .report import format_perplexity_table, write_json
 
+    check_paths(args)
     texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
     if args.join_documents:
         texts = ["\n\n".join(texts)]
@@ -89,6 +120,7 @@ def _run_passkey(args: argparse.Namespace) -> int:
     from .passkey import passkey_accuracy
     from .report import format_passkey_table, write_json
 
+    check_paths(args)
     cache_factory = _passkey_cache_factory(args)  # bad cache options fail before the model loads
     model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,
                                      attn_implementation=args.attn_implementation)
@@ -121,6 +153,7 @@ def _run_eval_h2o(args: argparse.Namespace) -> int:
     from .perplexity import tokenize_documents
     from .report import format_cache_sweep_table, write_json
 
+    check_paths(args)
     texts = load_texts(args.data, split=args.split, text_column=args.text_column, dataset_config=args.dataset_config)
     model, tokenizer = load_for_eval(args.model, args.adapter, dtype=args.dtype, device=args.device,
                                      attn_implementation=args.attn_implementation)  # H2OCache explains a wrong one

@@ -38,6 +38,54 @@ def _has_model_config(path: str, hub_kwargs: dict[str, Any]) -> bool:
     return file_exists(path, MODEL_CONFIG, revision=hub_kwargs.get("revision"), token=hub_kwargs.get("token"))
 
 
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hub's host answers at all (a DNS failure or refused connection answers at once)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def model_config_or_error(name: str | Path) -> Any:
+    """``AutoConfig`` of a local directory or hub id, or one ``ValueError`` line saying why not.
+
+    A hub id that is neither in the local cache nor reachable fails at once, instead of after a
+    minute of retries: the cache is tried first (``local_files_only``), then the Hub's host.
+    """
+    import os
+
+    from huggingface_hub import constants
+    from transformers import AutoConfig
+
+    from ..data.sources import looks_like_path
+
+    name = str(name)
+    if looks_like_path(name) and not Path(name).expanduser().exists():
+        raise ValueError(f"model {name} does not exist (a local path, not a hub id)")
+    try:
+        return AutoConfig.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        pass  # not local, not cached: the Hub it is
+    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE") == "1":
+        raise ValueError(f"model {name!r} is neither a local directory nor in the local cache, and the Hub is "
+                         "switched off (HF_HUB_OFFLINE)")
+    if not _hub_reachable():
+        raise ValueError(f"model {name!r} is neither a local directory nor in the local cache, and "
+                         f"{constants.ENDPOINT} cannot be reached (offline?)")
+    try:
+        return AutoConfig.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"model {name!r} cannot be loaded: {first_line}") from None
+
+
 def load_model(
     path: str | Path, merge: bool = False, base_model: str | Path | None = None, **from_pretrained_kwargs: Any
 ) -> Any:

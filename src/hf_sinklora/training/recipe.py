@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 from .._checks import DTYPE_NAMES, is_int, is_number, torch_dtype
 from ..attention.config import SFAttentionConfig
-from ..data.sources import looks_like_path
 from .runs import (
     SaveOnInterrupt,
     TrainingInterrupted,
@@ -133,15 +132,10 @@ def check_model_and_target(settings: TrainSettings) -> None:
         ValueError: one line naming the problem.
     """
     from huggingface_hub import get_token
-    from transformers import AutoConfig
 
-    if looks_like_path(settings.model) and not Path(settings.model).expanduser().exists():
-        raise ValueError(f"model {settings.model} does not exist (a local path, not a hub id)")
-    try:
-        config = AutoConfig.from_pretrained(settings.model)
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"model {settings.model!r} cannot be loaded: {first_line}") from None
+    from ..hub.loading import model_config_or_error
+
+    config = model_config_or_error(settings.model)
     context = getattr(config.get_text_config(), "max_position_embeddings", None)
     if context is not None and settings.target_length <= context:
         raise ValueError(f"target_length={settings.target_length} is not above the model's context "
