@@ -29,15 +29,24 @@ def read_texts(files: Iterable[Path]) -> list[str]:
     return [Path(f).read_text(encoding="utf-8", errors="replace") for f in files]
 
 
-def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 2048) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2048, *, individual_digits: bool = False
+) -> PreTrainedTokenizerFast:
     """Trains a byte-level BPE tokenizer on ``texts`` and wraps it for transformers.
 
     Args:
         texts: training text.
         vocab_size: target vocabulary size, including ``<pad> <s> </s> <unk>``.
+        individual_digits: split every digit into its own token before BPE
+            (``pre_tokenizers.Digits(individual_digits=True)``), so numbers are never merged:
+            a small model then copies a passkey digit by digit. Off by default (numbers merge).
     """
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if individual_digits:
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        tokenizer.pre_tokenizer = byte_level
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -15,7 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import datasets
@@ -49,6 +49,12 @@ class BaseModelRecipe:
     batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0
+    # Added for long-context bases (issue 9); at their defaults they leave the model, and its
+    # cache key, as before: BPE that merges digits, text-only rows, steps // 20 warm-up steps.
+    individual_digits: bool = False
+    mixture: tuple[tuple[str, float], ...] = ()
+    warmup_steps: int | None = None
+    max_grad_norm: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -60,6 +66,32 @@ class BaseModelRecipe:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise ValueError(f"warmup_steps must be None or an int >= 0, got {self.warmup_steps!r}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
+        if self.mixture:
+            # accept any mapping-like pairs, store as a sorted tuple of (kind, weight) (hashable, one spelling)
+            pairs = tuple(sorted((str(k), float(w)) for k, w in dict(self.mixture).items()))
+            object.__setattr__(self, "mixture", pairs)
+            from .long_range import _counts
+
+            _counts(dict(pairs), 1)  # validates kinds and weights
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: ``warmup_steps``, or ``max(1, steps // 20)`` when None."""
+        return max(1, self.steps // 20) if self.warmup_steps is None else self.warmup_steps
+
+
+_ADDED_DEFAULTS = {"individual_digits": False, "mixture": (), "warmup_steps": None, "max_grad_norm": 1.0}
+
+
+def recipe_key_fields(recipe: BaseModelRecipe) -> dict:
+    """The recipe as the cache key sees it: fields added later are left out while at their
+    defaults, so bases cached before they existed keep their key."""
+    values = asdict(recipe)
+    return {k: v for k, v in values.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +102,7 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(texts: list[str], recipe: BaseModelRecipe) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(recipe_key_fields(recipe), sort_keys=True).encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()[:16]
@@ -80,15 +112,24 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
     """Trains the tokenizer and the model on ``texts``; saves both (and the recipe) to ``output_dir``.
 
     Args:
-        texts: training documents, concatenated (``</s>`` between) and cut into rows of
-            ``recipe.context_length`` tokens.
+        texts: training documents. Without ``recipe.mixture``: concatenated (``</s>`` between)
+            and cut into rows of ``recipe.context_length`` tokens. With it: ``steps *
+            batch_size`` rows of that length drawn by :func:`.long_range.pretraining_rows`
+            (natural-text windows, varied-filler passkey prompts, repeated passages, key-value
+            lists, in the mixture's proportions), each row seen once.
 
     Returns:
         ``output_dir``, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
     """
     set_seed(recipe.seed)
-    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size)
-    rows = chunk_token_ids(tokenizer, texts, recipe.context_length)
+    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, individual_digits=recipe.individual_digits)
+    if recipe.mixture:
+        from .long_range import TextSource, pretraining_rows
+
+        rows = pretraining_rows(TextSource(tokenizer, texts), recipe.context_length, recipe.steps * recipe.batch_size,
+                                dict(recipe.mixture), seed=recipe.seed)
+    else:
+        rows = chunk_token_ids(tokenizer, texts, recipe.context_length)
     if not rows:
         raise ValueError(f"the texts hold fewer than context_length={recipe.context_length} tokens")
     config = LlamaConfig(
@@ -104,8 +145,8 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
                 model.num_parameters() / 1e6, len(rows), recipe.context_length, recipe.steps)
     args = TrainingArguments(
         output_dir=str(output_dir / "trainer"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, recipe.steps // 20),
-        weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
+        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=recipe.warmup,
+        max_grad_norm=recipe.max_grad_norm, weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
         seed=recipe.seed, dataloader_pin_memory=torch.cuda.is_available(),
     )
     trainer = Trainer(
