@@ -55,12 +55,15 @@ class LongRangeDocument:
         kind: ``"passkey"``, ``"repeat"`` or ``"kv"``.
         answers: ``(name, value)`` pairs: ``("pass key", key)`` for a passkey, each queried pair
             for a kv list, ``("distance", str(d))`` per repeated passage.
+        copies: for a repeat document, ``(a, b, size)`` per repeated passage: tokens
+            ``b .. b+size-1`` repeat tokens ``a .. a+size-1`` (distance ``b - a``).
     """
 
     input_ids: list[int]
     long_range_mask: list[bool]
     kind: str
     answers: tuple[tuple[str, str], ...] = field(default=())
+    copies: tuple[tuple[int, int, int], ...] = field(default=())
 
 
 class TextSource:
@@ -208,7 +211,7 @@ def repeat_document(
         min_distance: smallest distance (default ``P``).
 
     Returns:
-        A document whose ``answers`` list ``("distance", d)`` for each repeat.
+        A document whose ``copies`` hold ``(a, b, size)`` and ``answers`` ``("distance", d)`` per repeat.
     """
     low, high = passage_tokens
     if not 1 <= low <= high or 2 * high + 2 > length:
@@ -217,7 +220,7 @@ def repeat_document(
     start = len(_bos(source.tokenizer))
     mask = [False] * length
     used: list[tuple[int, int]] = []
-    distances = []
+    copies: list[tuple[int, int, int]] = []
     for _ in range(repeats or max(1, length // 128)):
         for _attempt in range(50):
             size = rng.randint(low, high)
@@ -231,12 +234,12 @@ def repeat_document(
             if _disjoint(used, a, a + size) and _disjoint(used, b, b + size):
                 ids[b : b + size] = ids[a : a + size]
                 used += [(a, a + size), (b, b + size)]
-                distances.append(distance)
+                copies.append((a, b, size))
                 if distance > threshold:
                     for t in range(b + 1, b + size):
                         mask[t] = True
                 break
-    return LongRangeDocument(ids, mask, "repeat", tuple(("distance", str(d)) for d in distances))
+    return LongRangeDocument(ids, mask, "repeat", tuple(("distance", str(b - a)) for a, b, _ in copies), tuple(copies))
 
 
 def kv_document(
