@@ -143,10 +143,10 @@ def plot(document: dict[str, Any], path: Path) -> None:
     for index, name in enumerate(names):
         per_length = models[name]["passkey"]["per_length"]
         xs = [i + index * width for i, n in enumerate(lengths) if str(n) in per_length]
-        left.bar(xs, [100 * per_length[str(n)] for n in lengths if str(n) in per_length], width, label=name)
+        left.bar(xs, [100 * per_length[str(n)] for n in lengths if str(n) in per_length], width, label=name, color=f"C{index}")
         cells = [c for c in models[name]["passkey"]["cells"] if str(c["length"]) == target]
         if cells:
-            middle.plot([c["depth"] for c in cells], [100 * c["accuracy"] for c in cells], marker="o", label=name)
+            middle.plot([c["depth"] for c in cells], [100 * c["accuracy"] for c in cells], marker="o", label=name, color=f"C{index}")
     left.set_xticks([i + 0.4 - width / 2 for i in range(len(lengths))], [str(n) for n in lengths])
     left.set_xlabel("prompt length (tokens)")
     left.set_ylabel("passkey accuracy (%)")
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         num_layers=args.layers, num_heads=args.heads, context_length=L, steps=args.pretrain_steps,
         batch_size=args.pretrain_batch, learning_rate=args.pretrain_lr, seed=args.base_seed,
         individual_digits=True, mixture=tuple(args.pretrain_mixture.items()), warmup_steps=args.warmup_steps,
-        max_grad_norm=1.0,
+        max_grad_norm=1.0, loss=args.loss,
     )
     base_path, was_cached = cached_base_model(train_texts, recipe, args.cache_dir)
     timings["pretrain_s"] = time.perf_counter() - started
@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     reference = None
     if args.text_only_reference:
         step = time.perf_counter()
-        text_only = BaseModelRecipe(**{**asdict(recipe), "mixture": ()})
+        text_only = BaseModelRecipe(**{**asdict(recipe), "mixture": (), "loss": "tokens"})
         ref_path, ref_cached = cached_base_model(train_texts, text_only, args.cache_dir)
         ref_tokenizer = AutoTokenizer.from_pretrained(ref_path)
         ref_model = load_model(ref_path)
@@ -309,6 +309,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--pretrain-mixture", type=_mixture, default=dict(PRETRAINING_MIXTURE),
                         help="kind=weight,... of text, passkey, repeat, kv")
+    parser.add_argument("--loss", choices=("rows", "tokens"), default="rows",
+                        help="pretraining loss: rows (retrieval targets only on generated rows, mean over rows) or tokens")
     parser.add_argument("--base-seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--finetune-batch", type=int, default=4)

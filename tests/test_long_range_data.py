@@ -137,7 +137,7 @@ def test_mixtures_are_exact_deterministic_and_finetuning_has_no_passkey(source):
 def test_recipe_defaults_keep_the_old_cache_key():
     old = BaseModelRecipe(steps=600, context_length=256)
     assert recipe_key_fields(old) == {k: v for k, v in asdict(old).items()
-                                     if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm")}
+                                     if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm", "loss")}
     new = BaseModelRecipe(individual_digits=True, mixture={"text": 1, "kv": 1}.items(), warmup_steps=100)
     assert new.mixture == (("kv", 1.0), ("text", 1.0)) and new.warmup == 100 and old.warmup == 30
     assert _cache_key([], new) != _cache_key([], BaseModelRecipe())
@@ -159,3 +159,21 @@ def test_calibration_quick_mode_writes_json_and_png(tmp_path):
     assert set(document["models"]["interpolated"]["passkey"]["per_length"]) == {"128", "256", "512"}
     assert {"repeat", "kv", "long_range", "rest"} <= set(document["models"]["lora+ full"]["long_range"])
     assert {"base_min_depth_at_L", "interpolated_at_4L", "full_at_4L", "met"} <= set(document["goal"])
+
+
+def test_pretraining_examples_label_only_retrieval_targets_on_generated_rows(source):
+    examples = lr.pretraining_examples(source, 128, 20, seed=1)
+    assert [e["input_ids"] for e in examples] == lr.pretraining_rows(source, 128, 20, seed=1)
+    kinds = {"text": 0, "generated": 0}
+    for example in examples:
+        ids, labels = example["input_ids"], example["labels"]
+        if labels == ids:
+            kinds["text"] += 1
+            continue
+        kinds["generated"] += 1
+        scored = [t for t, label in zip(ids, labels) if label != -100]
+        assert scored and all(label in (-100, t) for t, label in zip(ids, labels))
+    assert kinds == {"text": 8, "generated": 12}
+    document = lr.passkey_document(source, 128, random.Random(4))
+    digits = "".join(source.decode(t) for t, m in zip(document.input_ids, document.target_mask) if m)
+    assert digits == document.answers[0][1]

@@ -57,6 +57,9 @@ class LongRangeDocument:
             for a kv list, ``("distance", str(d))`` per repeated passage.
         copies: for a repeat document, ``(a, b, size)`` per repeated passage: tokens
             ``b .. b+size-1`` repeat tokens ``a .. a+size-1`` (distance ``b - a``).
+        target_mask: ``length`` booleans marking the retrieval targets at any distance (the
+            passkey answer's digits, every copied token but a copy's first, every queried value's
+            digits): what a retrieval-only loss scores. Empty when not given.
     """
 
     input_ids: list[int]
@@ -64,6 +67,7 @@ class LongRangeDocument:
     kind: str
     answers: tuple[tuple[str, str], ...] = field(default=())
     copies: tuple[tuple[int, int, int], ...] = field(default=())
+    target_mask: tuple[bool, ...] = field(default=())
 
 
 class TextSource:
@@ -178,8 +182,12 @@ def passkey_document(
     before, used = _filler(source, rng, before_budget, style)
     after, _ = _filler(source, rng, budget - len(before), style, offset=used)
     ids = head + (before + newline if before else []) + key_line + (after + newline if after else []) + question + answer + eos
+    answer_start = len(ids) - len(answer) - len(eos)
+    targets = [False] * length
+    for t in range(answer_start, answer_start + len(answer)):
+        targets[t] = any(c.isdigit() for c in source.decode(ids[t]))
     ids += source.span(rng, length - len(ids))
-    return LongRangeDocument(ids[:length], [False] * length, "passkey", (("pass key", key),))
+    return LongRangeDocument(ids[:length], [False] * length, "passkey", (("pass key", key),), target_mask=tuple(targets))
 
 
 def _disjoint(intervals: list[tuple[int, int]], begin: int, end: int) -> bool:
@@ -239,7 +247,9 @@ def repeat_document(
                     for t in range(b + 1, b + size):
                         mask[t] = True
                 break
-    return LongRangeDocument(ids, mask, "repeat", tuple(("distance", str(b - a)) for a, b, _ in copies), tuple(copies))
+    targets = tuple(any(b + 1 <= t < b + size for _, b, size in copies) for t in range(length))
+    return LongRangeDocument(ids, mask, "repeat", tuple(("distance", str(b - a)) for a, b, _ in copies), tuple(copies),
+                             targets)
 
 
 def kv_document(
@@ -299,17 +309,18 @@ def kv_document(
         ids += definitions[i]
     ids += text[previous:]
     mask = [False] * length
+    targets = [False] * length
     for i, (prompt, answer) in zip(asked, query_parts):
         ids += prompt
         begin = len(ids)
         ids += answer
-        if begin - value_start[i] > threshold:
-            for t in range(begin, begin + len(answer)):
-                mask[t] = any(c.isdigit() for c in source.decode(ids[t]))
+        for t in range(begin, begin + len(answer)):
+            targets[t] = any(c.isdigit() for c in source.decode(ids[t]))
+            mask[t] = targets[t] and begin - value_start[i] > threshold
     ids.append(tokenizer.eos_token_id)
     if len(ids) != length:  # merges across the definition's boundary: never with byte-level BPE + newlines
         raise AssertionError(f"kv document has {len(ids)} tokens, expected {length}")
-    return LongRangeDocument(ids, mask, "kv", tuple((names[i], values[i]) for i in asked))
+    return LongRangeDocument(ids, mask, "kv", tuple((names[i], values[i]) for i in asked), target_mask=tuple(targets))
 
 
 def _counts(mixture: Mapping[str, float], total: int) -> dict[str, int]:
@@ -325,6 +336,51 @@ def _counts(mixture: Mapping[str, float], total: int) -> dict[str, int]:
     return counts
 
 
+def mixture_examples(
+    source: TextSource,
+    length: int,
+    num_rows: int,
+    mixture: Mapping[str, float],
+    *,
+    seed: int = 0,
+    threshold: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """``num_rows`` shuffled examples of exactly ``length`` tokens, kinds in proportion to ``mixture``.
+
+    ``"text"`` rows are windows of the source stream starting at ``<s>`` at random offsets;
+    the others come from the generators above (``threshold``, default ``length // 4``, only
+    shapes their long-range masks, which training ignores).
+
+    Returns:
+        ``num_rows`` dicts ``{"input_ids": [length ints], "labels": [length ints]}``: a text
+        row's labels are its ids; a generated document's labels are its ids at its retrieval
+        targets (``target_mask``) and ``-100`` elsewhere. The same arguments give the same rows.
+    """
+    if num_rows < 1 or length < 2:
+        raise ValueError(f"num_rows must be >= 1 and length >= 2, got {num_rows}, {length}")
+    rng = random.Random(seed)
+    threshold = length // 4 if threshold is None else threshold
+    rows: list[dict[str, list[int]]] = []
+    counts = _counts(mixture, num_rows)
+    for kind in KINDS:
+        for _ in range(counts.get(kind, 0)):
+            if kind == "text":
+                ids = _bos(source.tokenizer) + source.span(rng, length - len(_bos(source.tokenizer)))
+                rows.append({"input_ids": ids, "labels": list(ids)})
+                continue
+            if kind == "passkey":
+                document = passkey_document(source, length, rng)
+            elif kind == "repeat":
+                document = repeat_document(source, length, rng, threshold=threshold)
+            else:
+                document = kv_document(source, length, rng, threshold=threshold)
+            labels = [t if keep else -100 for t, keep in zip(document.input_ids, document.target_mask)]
+            rows.append({"input_ids": document.input_ids, "labels": labels})
+    rng.shuffle(rows)
+    logger.info("mixture of %d rows of %d tokens: %s", num_rows, length, counts)
+    return rows
+
+
 def mixture_rows(
     source: TextSource,
     length: int,
@@ -334,34 +390,12 @@ def mixture_rows(
     seed: int = 0,
     threshold: int | None = None,
 ) -> list[list[int]]:
-    """``num_rows`` shuffled rows of exactly ``length`` tokens, kinds in proportion to ``mixture``.
-
-    ``"text"`` rows are windows of the source stream starting at ``<s>`` at random offsets;
-    the others come from the generators above (``threshold``, default ``length // 4``, only
-    shapes their masks, which training ignores).
+    """The token ids of :func:`mixture_examples` (for language modelling on every token).
 
     Returns:
         ``num_rows`` lists of ``length`` ints; the same arguments give the same rows.
     """
-    if num_rows < 1 or length < 2:
-        raise ValueError(f"num_rows must be >= 1 and length >= 2, got {num_rows}, {length}")
-    rng = random.Random(seed)
-    threshold = length // 4 if threshold is None else threshold
-    rows: list[list[int]] = []
-    counts = _counts(mixture, num_rows)
-    for kind in KINDS:
-        for _ in range(counts.get(kind, 0)):
-            if kind == "text":
-                rows.append(_bos(source.tokenizer) + source.span(rng, length - len(_bos(source.tokenizer))))
-            elif kind == "passkey":
-                rows.append(passkey_document(source, length, rng).input_ids)
-            elif kind == "repeat":
-                rows.append(repeat_document(source, length, rng, threshold=threshold).input_ids)
-            else:
-                rows.append(kv_document(source, length, rng, threshold=threshold).input_ids)
-    rng.shuffle(rows)
-    logger.info("mixture of %d rows of %d tokens: %s", num_rows, length, counts)
-    return rows
+    return [e["input_ids"] for e in mixture_examples(source, length, num_rows, mixture, seed=seed, threshold=threshold)]
 
 
 def pretraining_rows(
@@ -369,6 +403,13 @@ def pretraining_rows(
 ) -> list[list[int]]:
     """Pretraining rows at the base context ``length`` (default mixture :data:`PRETRAINING_MIXTURE`)."""
     return mixture_rows(source, length, num_rows, mixture or PRETRAINING_MIXTURE, seed=seed)
+
+
+def pretraining_examples(
+    source: TextSource, length: int, num_rows: int, mixture: Mapping[str, float] | None = None, *, seed: int = 0
+) -> list[dict[str, list[int]]]:
+    """:func:`pretraining_rows` with labels (retrieval targets only on generated rows)."""
+    return mixture_examples(source, length, num_rows, mixture or PRETRAINING_MIXTURE, seed=seed)
 
 
 def finetuning_rows(
