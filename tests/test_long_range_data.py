@@ -47,7 +47,7 @@ def test_documents_have_exact_lengths_and_are_deterministic(source, length):
         assert len({tuple(d.input_ids) for d in first}) == 5
         for document in first:
             assert len(document.input_ids) == len(document.long_range_mask) == length
-            assert document.input_ids[0] == source.tokenizer.bos_token_id
+            assert document.input_ids[0] != source.tokenizer.bos_token_id  # no <s>: the prompts have none
 
 
 def test_passkey_document_holds_the_evaluation_prompt_and_its_answer(source):
@@ -175,5 +175,5 @@ def test_pretraining_examples_label_only_retrieval_targets_on_generated_rows(sou
         assert scored and all(label in (-100, t) for t, label in zip(ids, labels))
     assert kinds == {"text": 8, "generated": 12}
     document = lr.passkey_document(source, 128, random.Random(4))
-    digits = "".join(source.decode(t) for t, m in zip(document.input_ids, document.target_mask) if m)
-    assert digits == document.answers[0][1]
+    answer = "".join(source.decode(t) for t, m in zip(document.input_ids, document.target_mask) if m)
+    assert answer == " " + document.answers[0][1] + "."

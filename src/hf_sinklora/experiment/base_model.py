@@ -119,9 +119,15 @@ class RowMeanLossTrainer(Trainer):
 
 def recipe_key_fields(recipe: BaseModelRecipe) -> dict:
     """The recipe as the cache key sees it: fields added later are left out while at their
-    defaults, so bases cached before they existed keep their key."""
+    defaults, so bases cached before they existed keep their key; a mixture adds the
+    long-range generators' version (their rows are part of what was trained)."""
     values = asdict(recipe)
-    return {k: v for k, v in values.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
+    key = {k: v for k, v in values.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
+    if recipe.mixture:
+        from .long_range import GENERATOR_VERSION
+
+        key["generator_version"] = GENERATOR_VERSION
+    return key
 
 
 def default_cache_dir() -> Path:

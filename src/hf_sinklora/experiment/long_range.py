@@ -34,6 +34,8 @@ from ..evaluation.passkey_prompt import FILLER, KEY_LINE, QUESTION, TASK_DESCRIP
 
 logger = logging.getLogger(__name__)
 
+# Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
+GENERATOR_VERSION = 2
 KINDS = ("text", "passkey", "repeat", "kv")
 PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.4, "passkey": 0.3, "repeat": 0.15, "kv": 0.15}
 FINETUNING_MIXTURE: dict[str, float] = {"text": 0.34, "repeat": 0.33, "kv": 0.33}
@@ -49,7 +51,7 @@ class LongRangeDocument:
     """One generated document.
 
     Attributes:
-        input_ids: exactly ``length`` token ids (starting with ``<s>``).
+        input_ids: exactly ``length`` token ids (starting with ``<s>`` when the tokenizer adds it).
         long_range_mask: ``length`` booleans; ``mask[t]`` is True when token ``t`` is predictable
             only from a token more than ``threshold`` positions before it.
         kind: ``"passkey"``, ``"repeat"`` or ``"kv"``.
@@ -58,8 +60,8 @@ class LongRangeDocument:
         copies: for a repeat document, ``(a, b, size)`` per repeated passage: tokens
             ``b .. b+size-1`` repeat tokens ``a .. a+size-1`` (distance ``b - a``).
         target_mask: ``length`` booleans marking the retrieval targets at any distance (the
-            passkey answer's digits, every copied token but a copy's first, every queried value's
-            digits): what a retrieval-only loss scores. Empty when not given.
+            passkey answer ``" <key>."``, every copied token but a copy's first, every queried
+            answer ``" <value>."``): what a retrieval-only loss scores. Empty when not given.
     """
 
     input_ids: list[int]
@@ -125,7 +127,9 @@ class TextSource:
 
 
 def _bos(tokenizer: Any) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    """``[<s>]`` when the tokenizer itself puts ``<s>`` first (as the evaluation prompts get it), else ``[]``."""
+    first = tokenizer("a")["input_ids"]
+    return first[:1] if first and tokenizer.bos_token_id is not None and first[0] == tokenizer.bos_token_id else []
 
 
 def _filler(source: TextSource, rng: random.Random, budget: int, style: str, offset: int = 0) -> tuple[list[int], int]:
@@ -185,7 +189,7 @@ def passkey_document(
     answer_start = len(ids) - len(answer) - len(eos)
     targets = [False] * length
     for t in range(answer_start, answer_start + len(answer)):
-        targets[t] = any(c.isdigit() for c in source.decode(ids[t]))
+        targets[t] = True
     ids += source.span(rng, length - len(ids))
     return LongRangeDocument(ids[:length], [False] * length, "passkey", (("pass key", key),), target_mask=tuple(targets))
 
@@ -315,8 +319,8 @@ def kv_document(
         begin = len(ids)
         ids += answer
         for t in range(begin, begin + len(answer)):
-            targets[t] = any(c.isdigit() for c in source.decode(ids[t]))
-            mask[t] = targets[t] and begin - value_start[i] > threshold
+            targets[t] = True
+            mask[t] = begin - value_start[i] > threshold and any(c.isdigit() for c in source.decode(ids[t]))
     ids.append(tokenizer.eos_token_id)
     if len(ids) != length:  # merges across the definition's boundary: never with byte-level BPE + newlines
         raise AssertionError(f"kv document has {len(ids)} tokens, expected {length}")
