@@ -137,7 +137,7 @@ def test_mixtures_are_exact_deterministic_and_finetuning_has_no_passkey(source):
 def test_recipe_defaults_keep_the_old_cache_key():
     old = BaseModelRecipe(steps=600, context_length=256)
     assert recipe_key_fields(old) == {k: v for k, v in asdict(old).items()
-                                     if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm", "loss")}
+                                     if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm", "loss", "add_bos")}
     new = BaseModelRecipe(individual_digits=True, mixture={"text": 1, "kv": 1}.items(), warmup_steps=100)
     assert new.mixture == (("kv", 1.0), ("text", 1.0)) and new.warmup == 100 and old.warmup == 30
     assert _cache_key([], new) != _cache_key([], BaseModelRecipe())

@@ -58,6 +58,7 @@ class BaseModelRecipe:
     # Added for long-context bases (issue 9); at their defaults they leave the model, and its
     # cache key, as before: BPE that merges digits, text-only rows, steps // 20 warm-up steps.
     individual_digits: bool = False
+    add_bos: bool = False
     mixture: tuple[tuple[str, float], ...] = ()
     warmup_steps: int | None = None
     max_grad_norm: float = 1.0
@@ -95,7 +96,7 @@ class BaseModelRecipe:
         return max(1, self.steps // 20) if self.warmup_steps is None else self.warmup_steps
 
 
-_ADDED_DEFAULTS = {"individual_digits": False, "mixture": (), "warmup_steps": None, "max_grad_norm": 1.0,
+_ADDED_DEFAULTS = {"individual_digits": False, "add_bos": False, "mixture": (), "warmup_steps": None, "max_grad_norm": 1.0,
                    "loss": "tokens"}
 
 
@@ -159,7 +160,8 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
         ``output_dir``, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
     """
     set_seed(recipe.seed)
-    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, individual_digits=recipe.individual_digits)
+    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, individual_digits=recipe.individual_digits,
+                                    add_bos=recipe.add_bos)
     labels = None
     if recipe.mixture:
         from .long_range import TextSource, pretraining_examples

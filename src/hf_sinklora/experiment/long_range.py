@@ -35,7 +35,7 @@ from ..evaluation.passkey_prompt import FILLER, KEY_LINE, QUESTION, TASK_DESCRIP
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 KINDS = ("text", "passkey", "repeat", "kv")
 PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.4, "passkey": 0.3, "repeat": 0.15, "kv": 0.15}
 FINETUNING_MIXTURE: dict[str, float] = {"text": 0.34, "repeat": 0.33, "kv": 0.33}
@@ -219,7 +219,7 @@ def repeat_document(
 
     Args:
         threshold: the distance beyond which a copy counts as long range (e.g. the base ``L``).
-        repeats: passages to repeat; None: ``max(1, length // 128)``.
+        repeats: passages to repeat; None: ``max(1, length // 64)`` (fewer when they do not fit).
         min_distance: smallest distance (default ``P``).
 
     Returns:
@@ -233,7 +233,7 @@ def repeat_document(
     mask = [False] * length
     used: list[tuple[int, int]] = []
     copies: list[tuple[int, int, int]] = []
-    for _ in range(repeats or max(1, length // 128)):
+    for _ in range(repeats or max(1, length // 64)):
         for _attempt in range(50):
             size = rng.randint(low, high)
             smallest = max(size, min_distance or size)
