@@ -13,6 +13,11 @@ End to end, on CPU:
    attention) on natural text + repeated passages + key-value lists (never passkey prompts),
    then the same measurements.
 
+Passkey "at n tokens" means prompts of ``n - answer_room`` tokens (default 8), so the prompt
+and the answer (a space, 5 digits, at most 2 more tokens) fit in ``n`` positions: a base
+pretrained on rows of ``L`` tokens never saw a position beyond ``L``, and a prompt of exactly
+``L`` tokens puts the answer there (measured too, as ``passkey_prompt_of_L_tokens``).
+
 Long-range perplexity scores only the tokens that need context further back than ``L``: the
 copied tokens of passages repeated more than ``L`` tokens after their first occurrence, and
 the values of keys queried more than ``L`` tokens after their definition (held-out books).
@@ -107,13 +112,16 @@ def held_out_perplexity(model: Any, tokenizer: Any, documents: list[torch.Tensor
 def measure(name: str, model: Any, tokenizer: Any, lengths: Sequence[int], args: argparse.Namespace,
             held_out: list[torch.Tensor], ppl_lengths: Sequence[int], long_docs: list[Any] | None) -> dict[str, Any]:
     started = time.perf_counter()
-    passkey = passkey_accuracy(model, tokenizer, list(lengths), depths=args.depths, trials=args.trials,
+    room = args.answer_room
+    passkey = passkey_accuracy(model, tokenizer, [n - room for n in lengths], depths=args.depths, trials=args.trials,
                                seed=args.eval_seed, progress=False)
+    cells = [{"length": c["length"] + room, "prompt_length": c["length"],
+              **{k: c[k] for k in ("depth", "accuracy", "correct", "trials")}} for c in passkey["cells"]]
     entry: dict[str, Any] = {
         "passkey": {
-            "per_length": passkey["per_length"],
-            "cells": [{k: c[k] for k in ("length", "depth", "accuracy", "correct", "trials")} for c in passkey["cells"]],
-            "min_depth": {str(n): min(c["accuracy"] for c in passkey["cells"] if c["length"] == n) for n in lengths},
+            "per_length": {str(n): passkey["per_length"][str(n - room)] for n in lengths},
+            "cells": cells,
+            "min_depth": {str(n): min(c["accuracy"] for c in cells if c["length"] == n) for n in lengths},
             "examples": [{k: s[k] for k in ("length", "depth", "key", "answer")} for s in passkey["samples"][:: max(1, args.trials)]][:12],
         },
         "held_out": {str(n): held_out_perplexity(model, tokenizer, held_out, n) for n in ppl_lengths},
@@ -192,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
         num_layers=args.layers, num_heads=args.heads, context_length=L, steps=args.pretrain_steps,
         batch_size=args.pretrain_batch, learning_rate=args.pretrain_lr, seed=args.base_seed,
-        individual_digits=True, mixture=tuple(args.pretrain_mixture.items()), warmup_steps=args.warmup_steps,
+        individual_digits=True, add_bos=not args.no_bos, mixture=tuple(args.pretrain_mixture.items()), warmup_steps=args.warmup_steps,
         max_grad_norm=1.0, loss=args.loss,
     )
     base_path, was_cached = cached_base_model(train_texts, recipe, args.cache_dir)
@@ -205,6 +213,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     base = load_model(base_path)
     models["base"] = measure("base", base, tokenizer, [L], args, held_out, [L], None)
+    if args.answer_room:  # the same prompts filling all L positions: the answer then lies beyond L
+        full_prompt = passkey_accuracy(base, tokenizer, [L], depths=args.depths, trials=args.trials,
+                                       seed=args.eval_seed, progress=False)
+        models["base"]["passkey_prompt_of_L_tokens"] = {
+            "accuracy": full_prompt["accuracy"], "per_depth": full_prompt["per_depth"],
+            "note": f"prompt of {L} tokens, answer generated at positions {L}..{L}+: beyond the pretraining context"}
     step = time.perf_counter()
     extend_context(base, target)
     models["interpolated"] = measure("interpolated", base, tokenizer, lengths, args, held_out, [L, target], long_docs)
@@ -299,18 +313,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--base-context", type=int, default=128, help="pretraining context L")
     parser.add_argument("--factor", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--hidden-size", type=int, default=192)
+    parser.add_argument("--hidden-size", type=int, default=128)
     parser.add_argument("--intermediate-size", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--pretrain-steps", type=int, default=1000)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-batch", type=int, default=16)
-    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument("--pretrain-lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--pretrain-mixture", type=_mixture, default=dict(PRETRAINING_MIXTURE),
                         help="kind=weight,... of text, passkey, repeat, kv")
     parser.add_argument("--loss", choices=("rows", "tokens"), default="rows",
                         help="pretraining loss: rows (retrieval targets only on generated rows, mean over rows) or tokens")
+    parser.add_argument("--no-bos", action="store_true", help="tokenizer without <s> first (prompts start bare)")
     parser.add_argument("--base-seed", type=int, default=0)
     parser.add_argument("--finetune-steps", type=int, default=150)
     parser.add_argument("--finetune-batch", type=int, default=4)
@@ -321,13 +336,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", type=lambda t: t.split(","), default=["full"])
     parser.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--answer-room", type=int, default=8,
+                        help="passkey at n tokens = prompts of n - answer_room tokens, so prompt + answer fit in n")
     parser.add_argument("--eval-seed", type=int, default=1234)
     parser.add_argument("--eval-tokens", type=int, default=40_000, help="held-out tokens for plain perplexity")
     parser.add_argument("--long-range-docs", type=int, default=40, help="held-out long-range documents at 4L")
     parser.add_argument("--text-only-reference", action="store_true",
                         help="also pretrain (or load) the same base on text only and report its perplexity")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (< 60 s): a smoke test")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="base-model cache (default ~/.cache/hf_sinklora)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="base-model cache (default ~/.cache/hf_sinklora/base_models)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/calibrate_long_context"))
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--name", default="calibrate_long_context", help="stem of the JSON and PNG")
