@@ -35,10 +35,10 @@ from ..evaluation.passkey_prompt import FILLER, KEY_LINE, QUESTION, TASK_DESCRIP
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 KINDS = ("text", "passkey", "repeat", "kv")
-PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.3, "passkey": 0.35, "repeat": 0.2, "kv": 0.15}
-FINETUNING_MIXTURE: dict[str, float] = {"text": 0.34, "repeat": 0.33, "kv": 0.33}
+PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.3, "passkey": 0.3, "repeat": 0.25, "kv": 0.15}
+FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "repeat": 0.4, "kv": 0.4}
 KV_DEFINITION = "{name}'s number is {value}."
 KV_QUERY = "What is {name}'s number? {name}'s number is"
 
@@ -104,6 +104,14 @@ class TextSource:
         words = {w.lower() for text in texts for w in re.findall(r"\b[A-Za-z]{4,9}\b", text[:200_000])}
         self.names = sorted(words) or ["alpha", "bravo", "delta", "gamma", "kappa", "omega", "sigma", "theta"]
         self._cache: dict[str, list[int]] = {}
+        self.word_ids = tokenizer([" " + w for w in self.names], add_special_tokens=False)["input_ids"]
+
+    def words(self, rng: random.Random, count: int) -> list[int]:
+        """``count`` tokens of random words of :attr:`names` (unpredictable text: a word salad)."""
+        out: list[int] = []
+        while len(out) < count:
+            out.extend(rng.choice(self.word_ids))
+        return out[:count]
 
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` (no special tokens), memoised."""
@@ -207,6 +215,7 @@ def repeat_document(
     repeats: int | None = None,
     passage_tokens: tuple[int, int] = (12, 32),
     min_distance: int | None = None,
+    words: bool = False,
 ) -> LongRangeDocument:
     """Natural text whose later passages repeat earlier ones verbatim.
 
@@ -221,6 +230,8 @@ def repeat_document(
         threshold: the distance beyond which a copy counts as long range (e.g. the base ``L``).
         repeats: passages to repeat; None: ``max(1, length // 64)`` (fewer when they do not fit).
         min_distance: smallest distance (default ``P``).
+        words: the text is a salad of random words instead of natural text, so a copy can
+            only be predicted by looking back (no language prior to lean on).
 
     Returns:
         A document whose ``copies`` hold ``(a, b, size)`` and ``answers`` ``("distance", d)`` per repeat.
@@ -228,7 +239,8 @@ def repeat_document(
     low, high = passage_tokens
     if not 1 <= low <= high or 2 * high + 2 > length:
         raise ValueError(f"passage_tokens {passage_tokens} do not fit twice in {length} tokens")
-    ids = _bos(source.tokenizer) + source.span(rng, length - len(_bos(source.tokenizer)))
+    body = source.words if words else source.span
+    ids = _bos(source.tokenizer) + body(rng, length - len(_bos(source.tokenizer)))
     start = len(_bos(source.tokenizer))
     mask = [False] * length
     used: list[tuple[int, int]] = []
@@ -352,6 +364,7 @@ def mixture_examples(
     """``num_rows`` shuffled examples of exactly ``length`` tokens, kinds in proportion to ``mixture``.
 
     ``"text"`` rows are windows of the source stream starting at ``<s>`` at random offsets;
+    half the ``"repeat"`` rows repeat passages of a random-word salad, half of natural text;
     the others come from the generators above (``threshold``, default ``length // 4``, only
     shapes their long-range masks, which training ignores).
 
@@ -375,7 +388,7 @@ def mixture_examples(
             if kind == "passkey":
                 document = passkey_document(source, length, rng)
             elif kind == "repeat":
-                document = repeat_document(source, length, rng, threshold=threshold)
+                document = repeat_document(source, length, rng, threshold=threshold, words=rng.random() < 0.5)
             else:
                 document = kv_document(source, length, rng, threshold=threshold)
             labels = [t if keep else -100 for t, keep in zip(document.input_ids, document.target_mask)]
