@@ -317,7 +317,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--intermediate-size", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--pretrain-steps", type=int, default=1500)
+    parser.add_argument("--pretrain-steps", type=int, default=3000)
     parser.add_argument("--pretrain-batch", type=int, default=16)
     parser.add_argument("--pretrain-lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
@@ -327,7 +327,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="pretraining loss: rows (retrieval targets only on generated rows, mean over rows) or tokens")
     parser.add_argument("--no-bos", action="store_true", help="tokenizer without <s> first (prompts start bare)")
     parser.add_argument("--base-seed", type=int, default=0)
-    parser.add_argument("--finetune-steps", type=int, default=150)
+    parser.add_argument("--finetune-steps", type=int, default=200)
     parser.add_argument("--finetune-batch", type=int, default=4)
     parser.add_argument("--finetune-lr", type=float, default=2e-3)
     parser.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),

@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
 GENERATOR_VERSION = 4
 KINDS = ("text", "passkey", "repeat", "kv")
-PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.3, "passkey": 0.3, "repeat": 0.25, "kv": 0.15}
+PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.2, "passkey": 0.3, "repeat": 0.35, "kv": 0.15}
 FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "repeat": 0.4, "kv": 0.4}
 KV_DEFINITION = "{name}'s number is {value}."
 KV_QUERY = "What is {name}'s number? {name}'s number is"
