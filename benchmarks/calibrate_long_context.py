@@ -317,12 +317,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--intermediate-size", type=int, default=512)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--pretrain-steps", type=int, default=3000)
+    parser.add_argument("--pretrain-steps", type=int, default=1500)
     parser.add_argument("--pretrain-batch", type=int, default=16)
     parser.add_argument("--pretrain-lr", type=float, default=2e-3)
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--pretrain-mixture", type=_mixture, default=dict(PRETRAINING_MIXTURE),
-                        help="kind=weight,... of text, passkey, repeat, kv")
+                        help="kind=weight,... of text, passkey, repeat, words, kv")
     parser.add_argument("--loss", choices=("rows", "tokens"), default="rows",
                         help="pretraining loss: rows (retrieval targets only on generated rows, mean over rows) or tokens")
     parser.add_argument("--no-bos", action="store_true", help="tokenizer without <s> first (prompts start bare)")
@@ -331,7 +331,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-batch", type=int, default=4)
     parser.add_argument("--finetune-lr", type=float, default=2e-3)
     parser.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),
-                        help="kind=weight,... of text, repeat, kv (never passkey)")
+                        help="kind=weight,... of text, repeat, words, kv (never passkey)")
     parser.add_argument("--finetune-seed", type=int, default=0)
     parser.add_argument("--methods", type=lambda t: t.split(","), default=["full"])
     parser.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])

@@ -35,10 +35,10 @@ from ..evaluation.passkey_prompt import FILLER, KEY_LINE, QUESTION, TASK_DESCRIP
 logger = logging.getLogger(__name__)
 
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
-GENERATOR_VERSION = 4
-KINDS = ("text", "passkey", "repeat", "kv")
-PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.2, "passkey": 0.3, "repeat": 0.35, "kv": 0.15}
-FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "repeat": 0.4, "kv": 0.4}
+GENERATOR_VERSION = 5
+KINDS = ("text", "passkey", "repeat", "words", "kv")
+PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.3, "passkey": 0.35, "repeat": 0.2, "kv": 0.15}
+FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "repeat": 0.2, "words": 0.2, "kv": 0.4}
 KV_DEFINITION = "{name}'s number is {value}."
 KV_QUERY = "What is {name}'s number? {name}'s number is"
 
@@ -364,7 +364,7 @@ def mixture_examples(
     """``num_rows`` shuffled examples of exactly ``length`` tokens, kinds in proportion to ``mixture``.
 
     ``"text"`` rows are windows of the source stream starting at ``<s>`` at random offsets;
-    half the ``"repeat"`` rows repeat passages of a random-word salad, half of natural text;
+    ``"repeat"`` rows repeat passages of natural text, ``"words"`` rows of a random-word salad;
     the others come from the generators above (``threshold``, default ``length // 4``, only
     shapes their long-range masks, which training ignores).
 
@@ -387,8 +387,8 @@ def mixture_examples(
                 continue
             if kind == "passkey":
                 document = passkey_document(source, length, rng)
-            elif kind == "repeat":
-                document = repeat_document(source, length, rng, threshold=threshold, words=rng.random() < 0.5)
+            elif kind in ("repeat", "words"):
+                document = repeat_document(source, length, rng, threshold=threshold, words=kind == "words")
             else:
                 document = kv_document(source, length, rng, threshold=threshold)
             labels = [t if keep else -100 for t, keep in zip(document.input_ids, document.target_mask)]
