@@ -58,7 +58,7 @@ from hf_sinklora.experiment.long_range import (
     FINETUNING_MIXTURE,
     PRETRAINING_MIXTURE,
     TextSource,
-    finetuning_rows,
+    finetuning_examples,
     long_range_documents,
 )
 
@@ -70,13 +70,61 @@ DEFAULT_EVAL = [str(GUTENBERG / f) for f in ("news_from_nowhere.txt", "katrine.t
 GOALS = {"base_min_depth_at_L": 0.95, "interpolated_max_at_4L": 0.5, "full_min_at_4L": 0.9}
 
 
-def extend(base_path: Path, rows: list[list[int]], method: str, args: argparse.Namespace, seed: int,
+def extend(base_path: Path, examples: list[dict[str, list[int]]], method: str, args: argparse.Namespace, seed: int,
            output_dir: Path) -> dict[str, Any]:
-    """The one call into the extension recipe (``extend_model``'s signature may change: re-point here)."""
+    """The one call into the extension recipe (``extend_model``'s signature may change: re-point here).
+
+    ``--finetune-loss tokens``: ``extend_model`` on the token ids (language modelling on every
+    token); ``targets``: :func:`extend_with_targets` (generated rows score their retrieval targets).
+    """
     recipe = ExtensionRecipe(target_length=args.factor * args.base_context, steps=args.finetune_steps,
                              batch_size=args.finetune_batch, learning_rate=args.finetune_lr, seed=seed)
-    return extend_model(base_path, rows, method, recipe, output_dir, dataset_name="books + long-range documents",
-                        progress=False)
+    if args.finetune_loss == "targets":
+        return extend_with_targets(base_path, examples, method, recipe, output_dir)
+    return extend_model(base_path, [e["input_ids"] for e in examples], method, recipe, output_dir,
+                        dataset_name="books + long-range documents", progress=False)
+
+
+def extend_with_targets(base_path: Path, examples: list[dict[str, list[int]]], method: str,
+                        recipe: ExtensionRecipe, output_dir: Path) -> dict[str, Any]:
+    """``extend_model``'s recipe (same LoRA+, interpolation, attention, trainer and arguments) on
+    examples with ``labels``: generated rows score only their retrieval targets.
+
+    A copy of ``hf_sinklora.experiment.extension.extend_model`` whose only change is the
+    dataset (``{"input_ids", "labels"}``; TRL's SFTTrainer uses a ``labels`` column as is),
+    kept here until ``extend_model`` takes labels (its signature is being refactored on main).
+    """
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig
+
+    from hf_sinklora.attention.config import configure_sf_attention
+    from hf_sinklora.training.lora import sinklora_lora_config
+    from hf_sinklora.training.trainer import SinkLoRATrainer
+
+    set_seed(recipe.seed)
+    model = AutoModelForCausalLM.from_pretrained(base_path, attn_implementation=TRAINING_ATTENTION[method])
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    extend_context(model, recipe.target_length)
+    configure_sf_attention(model, group_size_ratio=recipe.group_size_ratio,
+                           shifted_head_ratio=recipe.shifted_head_ratio, num_sink_tokens=recipe.num_sink_tokens)
+    args = SFTConfig(
+        output_dir=str(output_dir), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
+        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, recipe.steps // 20),
+        max_length=recipe.target_length, logging_steps=max(1, recipe.steps // 10), save_strategy="no",
+        report_to="none", seed=recipe.seed, activation_checkpointing=False, disable_tqdm=True,
+        dataloader_pin_memory=False, bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    dataset = Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]})
+    trainer = SinkLoRATrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              peft_config=sinklora_lora_config(model, r=recipe.lora_r, alpha=recipe.lora_alpha),
+                              dataset_names=["books + long-range documents"])
+    result = trainer.train()
+    trainer.save_model()
+    tokenizer.save_pretrained(output_dir)
+    return {"output_dir": str(output_dir), "losses": [e["loss"] for e in trainer.state.log_history if "loss" in e],
+            "train_seconds": result.metrics.get("train_runtime"),
+            "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
 
 
 def long_range_perplexity(model: Any, documents: list[Any], length: int) -> dict[str, Any]:
@@ -241,8 +289,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         timings["text_only_reference_s"] = time.perf_counter() - step
         logger.info("text-only reference: %s", reference)
 
-    rows = finetuning_rows(TextSource(tokenizer, train_texts), target, args.finetune_steps * args.finetune_batch,
-                           args.finetune_mixture, seed=args.finetune_seed, threshold=L)
+    rows = finetuning_examples(TextSource(tokenizer, train_texts), target, args.finetune_steps * args.finetune_batch,
+                               args.finetune_mixture, seed=args.finetune_seed, threshold=L)
     runs = {}
     for method in args.methods:
         step = time.perf_counter()
@@ -333,6 +381,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),
                         help="kind=weight,... of text, repeat, words, kv (never passkey)")
     parser.add_argument("--finetune-seed", type=int, default=0)
+    parser.add_argument("--finetune-loss", choices=("tokens", "targets"), default="tokens",
+                        help="tokens: extend_model (LM loss on every token); targets: generated rows score only "
+                             "their retrieval targets (extend_with_targets)")
     parser.add_argument("--methods", type=lambda t: t.split(","), default=["full"])
     parser.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])
     parser.add_argument("--trials", type=int, default=10)

@@ -177,3 +177,13 @@ def test_pretraining_examples_label_only_retrieval_targets_on_generated_rows(sou
     document = lr.passkey_document(source, 128, random.Random(4))
     answer = "".join(source.decode(t) for t, m in zip(document.input_ids, document.target_mask) if m)
     assert answer == " " + document.answers[0][1] + "."
+
+
+def test_finetuning_examples_have_no_passkey_and_label_targets(source):
+    examples = lr.finetuning_examples(source, 512, 10, seed=2, threshold=128)
+    assert [e["input_ids"] for e in examples] == lr.finetuning_rows(source, 512, 10, seed=2, threshold=128)
+    for example in examples:
+        assert "pass key" not in source.tokenizer.decode(example["input_ids"])
+        assert len(example["labels"]) == 512
+    with pytest.raises(ValueError, match="never hold passkey"):
+        lr.finetuning_examples(source, 512, 4, {"passkey": 1.0})

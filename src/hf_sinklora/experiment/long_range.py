@@ -451,6 +451,23 @@ def finetuning_rows(
     return mixture_rows(source, length, num_rows, mixture, seed=seed, threshold=threshold)
 
 
+def finetuning_examples(
+    source: TextSource,
+    length: int,
+    num_rows: int,
+    mixture: Mapping[str, float] | None = None,
+    *,
+    seed: int = 0,
+    threshold: int | None = None,
+) -> list[dict[str, list[int]]]:
+    """:func:`finetuning_rows` with labels (retrieval targets only on generated rows); never passkeys."""
+    mixture = dict(mixture or FINETUNING_MIXTURE)
+    if mixture.get("passkey", 0) > 0:
+        raise ValueError("fine-tuning rows never hold passkey prompts (retrieval must come from the base)")
+    mixture.pop("passkey", None)
+    return mixture_examples(source, length, num_rows, mixture, seed=seed, threshold=threshold)
+
+
 def long_range_documents(
     source: TextSource, length: int, count: int, *, threshold: int, kinds: Sequence[str] = ("repeat", "kv"), seed: int = 0
 ) -> list[LongRangeDocument]:
