@@ -26,6 +26,7 @@ from transformers import (
     LlamaConfig,
     Trainer,
     TrainingArguments,
+    default_data_collator,
     set_seed,
 )
 
@@ -33,6 +34,11 @@ from ..data.local_corpus import chunk_token_ids, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
 RECIPE_FILE = "base_model_recipe.json"
+# "tokens": language modelling on every token, averaged over the batch's tokens (the old loss).
+# "rows": generated long-range rows score only their retrieval targets (passkey digits, copied
+# tokens, queried values), text rows every token; each row's mean, then the mean over rows, so
+# a row with 5 target tokens weighs as much as a text row (retrieval is not drowned by text).
+LOSSES = ("tokens", "rows")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,14 @@ class BaseModelRecipe:
     batch_size: int = 16
     learning_rate: float = 3e-3
     seed: int = 0
+    # Added for long-context bases (issue 9); at their defaults they leave the model, and its
+    # cache key, as before: BPE that merges digits, text-only rows, steps // 20 warm-up steps.
+    individual_digits: bool = False
+    add_bos: bool = False
+    mixture: tuple[tuple[str, float], ...] = ()
+    warmup_steps: int | None = None
+    max_grad_norm: float = 1.0
+    loss: str = "tokens"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -60,6 +74,61 @@ class BaseModelRecipe:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+            raise ValueError(f"warmup_steps must be None or an int >= 0, got {self.warmup_steps!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.loss == "rows" and not self.mixture:
+            raise ValueError('loss="rows" needs a mixture (text-only rows have no retrieval targets)')
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
+        if self.mixture:
+            # accept any mapping-like pairs, store as a sorted tuple of (kind, weight) (hashable, one spelling)
+            pairs = tuple(sorted((str(k), float(w)) for k, w in dict(self.mixture).items()))
+            object.__setattr__(self, "mixture", pairs)
+            from .long_range import _counts
+
+            _counts(dict(pairs), 1)  # validates kinds and weights
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up steps: ``warmup_steps``, or ``max(1, steps // 20)`` when None."""
+        return max(1, self.steps // 20) if self.warmup_steps is None else self.warmup_steps
+
+
+_ADDED_DEFAULTS = {"individual_digits": False, "add_bos": False, "mixture": (), "warmup_steps": None, "max_grad_norm": 1.0,
+                   "loss": "tokens"}
+
+
+class RowMeanLossTrainer(Trainer):
+    """``Trainer`` whose loss is the mean over rows of each row's mean next-token NLL over its
+    labelled tokens (rows without labels are skipped)."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
+        labels = inputs.pop("labels")  # (B, T), -100 where unscored
+        outputs = model(**inputs, use_cache=False)
+        logits = outputs.logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+        targets = labels[:, 1:]
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        scored = (targets != -100).float()
+        per_row = (nll * scored).sum(1) / scored.sum(1).clamp(min=1)
+        loss = per_row[scored.sum(1) > 0].mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+def recipe_key_fields(recipe: BaseModelRecipe) -> dict:
+    """The recipe as the cache key sees it: fields added later are left out while at their
+    defaults, so bases cached before they existed keep their key; a mixture adds the
+    long-range generators' version (their rows are part of what was trained)."""
+    values = asdict(recipe)
+    key = {k: v for k, v in values.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
+    if recipe.mixture:
+        from .long_range import GENERATOR_VERSION
+
+        key["generator_version"] = GENERATOR_VERSION
+    return key
 
 
 def default_cache_dir() -> Path:
@@ -70,7 +139,7 @@ def default_cache_dir() -> Path:
 
 
 def _cache_key(texts: list[str], recipe: BaseModelRecipe) -> str:
-    digest = hashlib.sha256(json.dumps(asdict(recipe), sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(recipe_key_fields(recipe), sort_keys=True).encode())
     for text in texts:
         digest.update(hashlib.sha256(text.encode()).digest())
     return digest.hexdigest()[:16]
@@ -80,15 +149,29 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
     """Trains the tokenizer and the model on ``texts``; saves both (and the recipe) to ``output_dir``.
 
     Args:
-        texts: training documents, concatenated (``</s>`` between) and cut into rows of
-            ``recipe.context_length`` tokens.
+        texts: training documents. Without ``recipe.mixture``: concatenated (``</s>`` between)
+            and cut into rows of ``recipe.context_length`` tokens. With it: ``steps *
+            batch_size`` rows of that length drawn by :func:`.long_range.pretraining_rows`
+            (natural-text windows, varied-filler passkey prompts, repeated passages, key-value
+            lists, in the mixture's proportions), each row seen once; with ``recipe.loss ==
+            "rows"`` the generated rows score only their retrieval targets (:class:`RowMeanLossTrainer`).
 
     Returns:
         ``output_dir``, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
     """
     set_seed(recipe.seed)
-    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size)
-    rows = chunk_token_ids(tokenizer, texts, recipe.context_length)
+    tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, individual_digits=recipe.individual_digits,
+                                    add_bos=recipe.add_bos)
+    labels = None
+    if recipe.mixture:
+        from .long_range import TextSource, pretraining_examples
+
+        examples = pretraining_examples(TextSource(tokenizer, texts), recipe.context_length,
+                                        recipe.steps * recipe.batch_size, dict(recipe.mixture), seed=recipe.seed)
+        rows = [e["input_ids"] for e in examples]
+        labels = [e["labels"] for e in examples] if recipe.loss == "rows" else None
+    else:
+        rows = chunk_token_ids(tokenizer, texts, recipe.context_length)
     if not rows:
         raise ValueError(f"the texts hold fewer than context_length={recipe.context_length} tokens")
     config = LlamaConfig(
@@ -104,14 +187,20 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
                 model.num_parameters() / 1e6, len(rows), recipe.context_length, recipe.steps)
     args = TrainingArguments(
         output_dir=str(output_dir / "trainer"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=max(1, recipe.steps // 20),
-        weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
+        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=recipe.warmup,
+        max_grad_norm=recipe.max_grad_norm, weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
         seed=recipe.seed, dataloader_pin_memory=torch.cuda.is_available(),
     )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-    )
+    if labels is None:
+        trainer = Trainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        )
+    else:
+        trainer = RowMeanLossTrainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows, "labels": labels}),
+            data_collator=default_data_collator,
+        )
     trainer.train()
     shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     model.save_pretrained(output_dir)
