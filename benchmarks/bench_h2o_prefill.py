@@ -1,0 +1,119 @@
+"""Prefill time of ``H2OCache`` against the same model's SDPA prefill (issue 11, goal 3).
+
+The random 4-layer Llama of ``bench_h2o.py`` prefills an ``n``-token prompt three ways, in
+alternation, ``--repeats`` times each: ``sdpa`` (stock attention, ``DynamicCache``), ``h2o``
+(``sf_attention`` + ``H2OCache(budget)`` in one forward, scoring every query) and ``h2o-chunked``
+(the same in forwards of ``--chunk`` tokens, what ``generate(prefill_chunk_size=...)`` does).
+Reported: median seconds with min/max, and each median's ratio to ``sdpa``'s.
+
+    .venv/bin/python benchmarks/bench_h2o_prefill.py --lengths 8192 16384
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from bench_common import DEFAULT_OUTPUT_DIR, environment, length_axis, synchronize
+from bench_h2o import default_config
+from transformers import AutoModelForCausalLM, DynamicCache
+
+from hf_sinklora import H2OCache
+
+logger = logging.getLogger("bench_h2o_prefill")
+CONTENDERS = ("sdpa", "h2o", "h2o-chunked")
+
+
+@torch.no_grad()
+def prefill_seconds(model: Any, ids: torch.Tensor, cache: Any, chunk: int | None, device: str) -> float:
+    synchronize(device)
+    started = time.perf_counter()
+    step = chunk or ids.shape[1]
+    for start in range(0, ids.shape[1], step):
+        model(ids[:, start : start + step], cache=cache, use_cache=True, logits_to_keep=1)
+    synchronize(device)
+    return time.perf_counter() - started
+
+
+def measure(n: int, budget: float, chunk: int, repeats: int, device: str) -> dict[str, Any]:
+    config = default_config(n)
+    torch.manual_seed(0)
+    sdpa = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device).eval()
+    sf = AutoModelForCausalLM.from_config(config, attn_implementation="sf_attention").to(device).eval()
+    sf.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(1)).to(device)
+    tokens = round(budget * n)
+    runs = {
+        "sdpa": lambda: prefill_seconds(sdpa, ids, DynamicCache(config=config), None, device),
+        "h2o": lambda: prefill_seconds(sf, ids, H2OCache(tokens), None, device),
+        "h2o-chunked": lambda: prefill_seconds(sf, ids, H2OCache(tokens), chunk, device),
+    }
+    for run in runs.values():  # warm-up
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for _ in range(repeats):
+        for name in CONTENDERS:
+            seconds[name].append(runs[name]())
+    medians = {name: statistics.median(values) for name, values in seconds.items()}
+    ratios = {name: medians[name] / medians["sdpa"] for name in CONTENDERS}
+    logger.info("n=%d: %s", n, ", ".join(f"{k} {medians[k]:.2f}s ({ratios[k]:.2f}x)" for k in CONTENDERS))
+    return {"n": n, "budget_tokens": tokens, "seconds": seconds, "median_s": medians, "ratio_to_sdpa": ratios}
+
+
+def plot(document: dict[str, Any], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
+    rows = document["rows"]
+    lengths = [row["n"] for row in rows]
+    for name in CONTENDERS[1:]:
+        medians = [row["ratio_to_sdpa"][name] for row in rows]
+        low = [m - min(row["seconds"][name]) / row["median_s"]["sdpa"] for m, row in zip(medians, rows)]
+        high = [max(row["seconds"][name]) / row["median_s"]["sdpa"] - m for m, row in zip(medians, rows)]
+        axis.errorbar(lengths, medians, yerr=[low, high], marker="o", capsize=3, label=name)
+    axis.axhline(1.0, color="grey", linewidth=0.8, label="sdpa")
+    axis.axhline(1.3, color="C3", linestyle=":", linewidth=0.8, label="goal 1.3x")
+    length_axis(axis, lengths, "prompt tokens n")
+    axis.set(ylabel="prefill time / SDPA prefill", ylim=(0, max(2.0, max(r["ratio_to_sdpa"]["h2o"] for r in rows) * 1.2)),
+             title=document["title"])
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384])
+    parser.add_argument("--budget", type=float, default=0.2, help="H2O budget as a fraction of n")
+    parser.add_argument("--chunk", type=int, default=1024, help="prefill chunk of h2o-chunked")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    env = environment(args.device)
+    document = {
+        "benchmark": "prefill time: H2OCache (one forward, and chunked) vs SDPA + DynamicCache, same model",
+        "title": f"H2O prefill vs SDPA ({env['device_name']}, {args.device})",
+        "environment": env,
+        "settings": vars(args) | {"output_dir": str(args.output_dir)},
+        "rows": [measure(n, args.budget, args.chunk, args.repeats, args.device) for n in args.lengths],
+    }
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    stem = args.output_dir / f"bench_h2o_prefill_{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+    plot(document, stem.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()
