@@ -75,3 +75,13 @@ def length_axis(axis: Any, lengths: Sequence[int], label: str = "sequence length
     axis.set_xticks(list(lengths), [str(n) for n in lengths])
     axis.minorticks_off()
     axis.set_xlabel(label)
+
+
+def configure_logging() -> None:
+    """INFO logs of the benchmark on stderr; the libraries' own INFO chatter left out."""
+    import logging
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "trl", "datasets", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import DEFAULT_OUTPUT_DIR, environment
+from bench_common import DEFAULT_OUTPUT_DIR, configure_logging, environment
 from transformers import AutoTokenizer, set_seed
 
 from hf_sinklora import extend_context, load_model
@@ -374,9 +374,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "trl", "datasets", "peft"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     run(parse_args(argv))
 
 

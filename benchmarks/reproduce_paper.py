@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import DEFAULT_OUTPUT_DIR, environment
+from bench_common import DEFAULT_OUTPUT_DIR, configure_logging, environment
 from datasets import Dataset
 from transformers import AutoTokenizer
 
@@ -255,9 +255,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    for noisy in ("transformers", "trl", "datasets", "peft"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    configure_logging()
     run(parse_args(argv))
 
 
