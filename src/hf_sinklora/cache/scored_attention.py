@@ -65,9 +65,11 @@ def scored_attention(
         pos = query_pos[start : start + chunk, None]  # (c, 1)
         size = pos.shape[0]
         # slots past the last one any query of the chunk can see are skipped: in a multi-token step
-        # the slots are in position order, so a causal prefill does about half the work
-        seen_by_chunk = torch.where(key_pos[:, :, 0] <= pos[-1, 0], slot_index, -1)
-        width = int(seen_by_chunk.max()) + 1
+        # the slots are in position order, so a causal prefill does about half the work (a decode
+        # step's single query is the newest token: it sees every slot)
+        width = num_slots
+        if num_queries > 1:
+            width = int(torch.where(key_pos[:, :, 0] <= pos[-1, 0], slot_index, -1).max()) + 1
         first = 0  # columns before `first` are seen by every query of the chunk: no mask there
         if num_queries == 1 and queries_real is None and sliding_window is None:
             hidden = None if all_real else ~real  # decoding: every kept token is in the past, the query itself too
