@@ -270,12 +270,7 @@ def test_train_mode_differs_from_full_causal(family):
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_eval_logits_and_greedy_generation_match_baseline(family):
-    baseline = FAMILIES[family][2]
-    tol = TIGHT if baseline == "sdpa" else EAGER_FP32
-    dtype = torch.float64 if baseline == "sdpa" else torch.float32
-    sf_model, base_model = twins(family, "sf_attention", baseline, dtype=dtype)
-    sf_model.eval()
-    base_model.eval()
+    sf_model, base_model, tol = _eval_twins(family)
 
     # no padding mask at all
     generator = torch.Generator().manual_seed(3)
@@ -319,16 +314,20 @@ def _assert_same_generation(got, want, tol):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"step {step}: {m}")
 
 
+def _eval_twins(family: str):
+    """``sf_attention`` and the family's eval baseline with the same weights, in eval mode, and the
+    tolerance to compare them with (fp64 against sdpa, fp32 against eager)."""
+    baseline = FAMILIES[family][2]
+    dtype = torch.float64 if baseline == "sdpa" else torch.float32
+    sf_model, base_model = twins(family, "sf_attention", baseline, dtype=dtype)
+    return sf_model.eval(), base_model.eval(), TIGHT if baseline == "sdpa" else EAGER_FP32
+
+
 @pytest.mark.parametrize("family", FAMILY_NAMES)
 def test_eval_static_cache_generation_matches_baseline(family):
     """StaticCache: keys are ``max_cache_len`` long and queries sit at a cache offset; the mask
     must hide the unfilled slots exactly as sdpa's does (this crashed on a (B, seen) mask)."""
-    baseline = FAMILIES[family][2]
-    tol = TIGHT if baseline == "sdpa" else EAGER_FP32
-    dtype = torch.float64 if baseline == "sdpa" else torch.float32
-    sf_model, base_model = twins(family, "sf_attention", baseline, dtype=dtype)
-    sf_model.eval()
-    base_model.eval()
+    sf_model, base_model, tol = _eval_twins(family)
     prompt, prompt_mask = left_padded_batch(12, lengths=(12, 7), seed=4)
     got, want = _generate_both(sf_model, base_model, prompt, attention_mask=prompt_mask, cache_implementation="static")
     _assert_same_generation(got, want, tol)
@@ -338,12 +337,7 @@ def test_eval_static_cache_generation_matches_baseline(family):
 def test_eval_sliding_window_cache_with_prefill_chunks_matches_baseline(family):
     """Sliding-window cache layers keep ``window - 1`` keys (a key offset); prefill chunks of 5
     and 20 + 8 tokens make the window (8) bind in prefill and decoding alike."""
-    baseline = FAMILIES[family][2]
-    tol = TIGHT if baseline == "sdpa" else EAGER_FP32
-    dtype = torch.float64 if baseline == "sdpa" else torch.float32
-    sf_model, base_model = twins(family, "sf_attention", baseline, dtype=dtype)
-    sf_model.eval()
-    base_model.eval()
+    sf_model, base_model, tol = _eval_twins(family)
     prompt, prompt_mask = left_padded_batch(20, lengths=(20, 13), seed=5)
     got, want = _generate_both(sf_model, base_model, prompt, attention_mask=prompt_mask, prefill_chunk_size=5)
     _assert_same_generation(got, want, tol)
