@@ -10,7 +10,7 @@ from transformers import DynamicCache
 
 from hf_sinklora import H2OCache
 from hf_sinklora.cli import main
-from hf_sinklora.evaluation import cache_budget_sweep, perplexity, streamed_nll
+from hf_sinklora.evaluation import cache_budget_sweep, perplexity, streamed_nll, streamed_token_nll
 
 from .eval_helpers import english_tokenizer, one_torch_thread, tiny_llama  # noqa: F401 (autouse fixture)
 
@@ -32,6 +32,18 @@ def test_streaming_through_the_full_cache_equals_one_forward(model, chunk_size):
     reference = perplexity(model, segment, 64, progress=False)  # one window over the whole segment
     assert scored == reference.tokens_scored == 63
     assert nll == pytest.approx(reference.nll_sum, rel=1e-5)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 16])
+def test_token_nll_through_the_full_cache_equals_one_forward_token_by_token(model, chunk_size):
+    segment = documents((64,))[0]
+    nll = streamed_token_nll(model, segment, DynamicCache(config=model.config), chunk_size)
+    reference = perplexity(model, segment, 64, keep_token_nll=True, progress=False).token_nll[0]
+    assert nll.shape == reference.shape == (63,)
+    torch.testing.assert_close(nll, reference, rtol=1e-4, atol=1e-5)
+    evicting = streamed_token_nll(model, segment, H2OCache(8), chunk_size)
+    assert streamed_nll(model, segment, H2OCache(8), chunk_size)[0] == pytest.approx(float(evicting.sum()), rel=1e-5)
+    assert not torch.allclose(evicting[-20:], reference[-20:], atol=1e-3)  # 8 kept tokens change later predictions
 
 
 def test_a_budget_covering_the_segment_changes_nothing_and_small_ones_do(model):

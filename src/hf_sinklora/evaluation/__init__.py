@@ -5,7 +5,7 @@ the function that needs them runs.
 """
 
 from ..data.sources import load_texts
-from .cache_quality import POLICIES, cache_budget_sweep, plot_cache_sweep, streamed_nll
+from .cache_quality import POLICIES, cache_budget_sweep, plot_cache_sweep, streamed_nll, streamed_token_nll
 from .heatmap import accuracy_grid, plot_passkey_heatmap
 from .loading import load_for_eval, resolve_device, tokenizer_source
 from .passkey import DEFAULT_DEPTHS, greedy_answer, passkey_accuracy
@@ -40,6 +40,7 @@ __all__ = [
     "plot_passkey_heatmap",
     "resolve_device",
     "streamed_nll",
+    "streamed_token_nll",
     "tokenize_documents",
     "tokenizer_source",
     "write_json",

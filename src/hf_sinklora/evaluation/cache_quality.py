@@ -33,6 +33,32 @@ FULL_CACHE = "full"
 
 
 @torch.inference_mode()
+def streamed_token_nll(model: torch.nn.Module, token_ids: torch.Tensor, cache: Cache, chunk_size: int = 1) -> torch.Tensor:
+    """NLL (nats) of each of tokens ``1 ..`` of ``token_ids`` streamed through ``cache``.
+
+    Args:
+        token_ids: ``(n,)`` one segment.
+        cache: a fresh cache; token ``t`` is predicted from what it holds after tokens ``< t``
+            (plus the tokens before ``t`` in its own chunk).
+        chunk_size: tokens per forward pass (1 = decoding).
+
+    Returns:
+        A float32 CPU tensor ``(n - 1,)`` whose entry ``t`` is the NLL of token ``t + 1``
+        (the layout of ``PerplexityResult.token_nll``).
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    token_ids = token_ids.to(model_device(model))
+    n = token_ids.shape[0]
+    parts = []
+    for start in range(0, n - 1, chunk_size):
+        inputs = token_ids[start : min(start + chunk_size, n - 1)]
+        logits = model(inputs[None], cache=cache).logits[0].float()  # (c, V)
+        targets = token_ids[start + 1 : start + 1 + inputs.shape[0]]
+        parts.append(torch.nn.functional.cross_entropy(logits, targets, reduction="none").cpu())
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
 def streamed_nll(model: torch.nn.Module, token_ids: torch.Tensor, cache: Cache, chunk_size: int = 1) -> tuple[float, int]:
     """Summed NLL (nats) of tokens ``1 ..`` of ``token_ids`` streamed through ``cache``.
 
@@ -44,16 +70,8 @@ def streamed_nll(model: torch.nn.Module, token_ids: torch.Tensor, cache: Cache, 
     Returns:
         ``(nll_sum, tokens_scored)`` with ``tokens_scored = n - 1``.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    token_ids = token_ids.to(model_device(model))
-    nll, n = 0.0, token_ids.shape[0]
-    for start in range(0, n - 1, chunk_size):
-        inputs = token_ids[start : min(start + chunk_size, n - 1)]
-        logits = model(inputs[None], cache=cache).logits[0].float()
-        targets = token_ids[start + 1 : start + 1 + inputs.shape[0]]
-        nll += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
-    return nll, n - 1
+    nll = streamed_token_nll(model, token_ids, cache, chunk_size)
+    return float(nll.double().sum()), nll.numel()
 
 
 def _segments(documents: Sequence[torch.Tensor], length: int, max_segments: int | None) -> list[torch.Tensor]:
