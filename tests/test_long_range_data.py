@@ -149,7 +149,7 @@ def test_recipe_defaults_keep_the_old_cache_key():
 def test_calibration_quick_mode_writes_json_and_png(tmp_path):
     data = [str(p) for p in stdlib_source_files(limit=8)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "calibrate_long_context.py"), "--quick",
+    command = [sys.executable, str(ROOT / "benchmarks" / "long_context.py"), "--quick",
                "--train-data", *data[:6], "--eval-data", *data[6:], "--cache-dir", str(tmp_path / "cache"),
                "--work-dir", str(tmp_path / "work"), "--output-dir", str(tmp_path / "out")]
     subprocess.run(command, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)

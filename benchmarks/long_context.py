@@ -25,8 +25,8 @@ the values of keys queried more than ``L`` tokens after their definition (held-o
 The discrimination check: base passkey at ``L`` >= 95% at every depth, interpolated without
 fine-tuning <= 50% at ``factor*L``, full-attention fine-tuning >= 90% at ``factor*L``.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/calibrate_long_context.py
-    PYTHONPATH=src .venv/bin/python benchmarks/calibrate_long_context.py --quick   # < 60 s, tiny
+    PYTHONPATH=src .venv/bin/python benchmarks/long_context.py
+    PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --quick   # < 60 s, tiny
 
 Writes ``<output-dir>/calibrate_long_context.json`` and ``calibrate_long_context.png``.
 """
