@@ -1,34 +1,76 @@
-"""Calibration for issue 9: does a small base use its context, and does the experiment discriminate?
+"""The long-context benchmark of issue 9: which fine-tuning brings back retrieval at 4x the context?
 
 End to end, on CPU:
 
-1. a small Llama is pretrained at context ``L`` on a mixture of natural text and long-range
-   documents (``hf_sinklora.experiment.long_range``: varied-filler passkey prompts, repeated
-   passages, key-value lists), or loaded from the base-model cache;
-2. the base at ``L``: passkey accuracy by depth (the standard prompt, ``passkey_accuracy``)
-   and held-out perplexity;
-3. the base RoPE-interpolated x``factor`` without fine-tuning: passkey at ``L``, ``2L``,
-   ``factor*L``, held-out perplexity and long-range perplexity at ``factor*L``;
-4. LoRA+ fine-tuning at ``factor*L`` (the recipe's ``run_training``; ``full`` and optionally ``sf``/``s2``
-   attention) on natural text + repeated passages + key-value lists (never passkey prompts),
-   then the same measurements.
+1. **Base.** A small Llama is pretrained at context ``L`` on a mixture of natural text and
+   long-range documents (``hf_sinklora.experiment.long_range``: varied-filler passkey prompts,
+   repeated passages, key-value lists), or loaded from the base-model cache (the ``--vocab-size``
+   ... ``--no-bos`` flags are its recipe; a second run with the same flags and books skips it).
+2. **Models measured.** ``base`` at ``L``; ``interpolated``: the base RoPE-interpolated
+   x``factor`` with no fine-tuning; and per ``--seeds`` seed, the base extended to ``4L =
+   factor * L`` by the LoRA+ recipe (``hf_sinklora.training.recipe.run_training``) with each
+   ``--methods`` training attention: ``full`` (causal SDPA), ``s2`` (the package's
+   ``s2_attention``: S2-Attn without the wrap-around leak), ``sf`` (``sf_attention``) and
+   ``longlora`` (LongLoRA's eager S2 with its wrap-around, ``benchmarks/longlora_eager_s2.py``).
+   ``longlora`` is registered in this process only: the recipe builds its trainer with ``s2``
+   attention (same LoRA+, group size and data), and a ``TrainerCallback`` switches the model to
+   the registered ``longlora_eager_s2`` when training begins and back before the adapter is saved;
+   the JSON records how many training attention calls went through it (a run with none fails).
+   Fine-tuning data: ``--finetune-steps * --finetune-batch`` rows of ``4L`` tokens of natural
+   text + repeated passages + key-value lists (never passkey prompts) drawn with the *seed*: a
+   seed fixes both the rows (and their order) and the LoRA initialisation, every method of a
+   seed trains on the same rows, and different seeds see different rows. ``--finetune-loss``:
+   ``tokens`` (LM loss on every token) or ``targets`` (generated rows score only their retrieval
+   targets).
+3. **Metrics** (every model evaluated with full attention, ``sf_attention``'s eval mode):
+   passkey accuracy at ``L``, ``2L`` and ``4L`` over ``--depths`` x ``--trials`` (the base at
+   ``L`` only), held-out perplexity at ``L`` and ``4L`` (disjoint windows of the ``--eval-data``
+   books), and long-range perplexity at ``4L``: only the tokens that need context further back
+   than ``L`` (the copied tokens of passages repeated more than ``L`` tokens after their first
+   occurrence, the values of keys queried more than ``L`` tokens after their definition) in
+   ``--long-range-docs`` held-out documents of ``4L`` tokens.
+   Passkey "at n tokens" means prompts of ``n - answer_room`` tokens (default 8) so prompt and
+   answer fit in ``n`` positions; each length draws its keys from ``--eval-seed`` on its own, so
+   every model (and every cache below) answers exactly the same prompts.
+4. **Shares of the full-attention gain**, per seed and method, against the interpolated model:
+   passkey at 4L ``(acc_m - acc_interp) / (acc_full - acc_interp)``; long-range and held-out
+   perplexity at 4L on a log scale ``(log ppl_interp - log ppl_m) / (log ppl_interp - log
+   ppl_full)``. Per method: mean, min, max and stdev over the seeds whose full gain is not ~0;
+   a seed's share is null when ``|denominator|`` is below ``MIN_GAIN`` (recorded in the JSON).
+5. **KV eviction on the same models.** For the ``--h2o-models`` fine-tuned models of the first
+   seed (default ``full``): passkey accuracy at 4L (the same prompts) and long-range perplexity
+   at 4L with the full cache and through ``eviction_cache(policy, budget, prompt_tokens)`` for
+   each ``--h2o-policies`` policy (``h2o``, ``streaming``, ``recent``) at each ``--h2o-budgets``
+   fraction of the prompt/document. Passkey goes through ``passkey_accuracy(cache_factory=...,
+   prefill_chunk_size=--h2o-chunk)`` as ``hf-sinklora passkey --cache`` does; perplexity streams
+   each document ``--h2o-chunk`` tokens per forward through the cache (``streamed_token_nll``)
+   and scores the long-range tokens only. The full-cache row goes through the same chunking.
+6. **Goal check**: base passkey at ``L`` >= 95% at every depth; interpolated <= 50% at 4L;
+   full-attention fine-tuning >= 90% at 4L (mean over seeds); SF within 5 points of full and
+   ahead of both S2s (``s2`` and ``longlora``) at 4L (means over seeds).
 
-Passkey "at n tokens" means prompts of ``n - answer_room`` tokens (default 8), so the prompt
-and the answer (a space, 5 digits, at most 2 more tokens) fit in ``n`` positions: a base
-pretrained on rows of ``L`` tokens never saw a position beyond ``L``, and a prompt of exactly
-``L`` tokens puts the answer there (measured too, as ``passkey_prompt_of_L_tokens``).
+Outputs in ``--output-dir`` (default ``benchmarks/results``), stem ``--name`` (default
+``long_context``; ``long_context_quick`` with ``--quick``): ``<name>.json`` (settings,
+environment, every model's metrics per seed, shares with their spread, the eviction table, the
+goal block, timings), ``<name>_passkey.png`` (heat maps length x depth per model, mean over
+seeds), ``<name>_shares.png`` (shares per metric with the seed spread) and ``<name>_h2o.png``
+(passkey and long-range perplexity against the budget per policy, the full cache as a line).
+The base's entry also holds ``passkey_prompt_of_L_tokens`` (prompts filling all ``L`` positions,
+the answer beyond them); ``--text-only-reference`` adds the same base pretrained on text only.
+``--name calibrate_long_context`` writes under the calibration's old stem.
 
-Long-range perplexity scores only the tokens that need context further back than ``L``: the
-copied tokens of passages repeated more than ``L`` tokens after their first occurrence, and
-the values of keys queried more than ``L`` tokens after their definition (held-out books).
-
-The discrimination check: base passkey at ``L`` >= 95% at every depth, interpolated without
-fine-tuning <= 50% at ``factor*L``, full-attention fine-tuning >= 90% at ``factor*L``.
+Time on 2 CPU cores with the defaults (estimated, not yet measured end to end; the JSON's
+``timings_s`` records every phase and run): pretraining the base ~6 min (1500 steps; once, cached
+after); each of the 12 fine-tuning runs (4 methods x 3 seeds, 200 steps x 4 rows of 512 tokens)
+~1-2 min (the calibration runs of this script measured 103 s for full attention, 60-63 s for S2
+and SF) plus ~10 s of evaluation, so ~16 min for all; the eviction sweep of one model (the full
+cache and 9 evicting ones, each 50 passkey prompts and 40 streamed documents, 32 tokens per
+forward) ~5-10 min. About 30 min in all, ~25 min with the base cached. ``--quick`` (tiny model,
+2 steps, 1 trial, 2 seeds, every method, the sweep at one budget) runs end to end in ~10-20 s.
 
     PYTHONPATH=src .venv/bin/python benchmarks/long_context.py
-    PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --quick   # < 60 s, tiny
-
-Writes ``<output-dir>/calibrate_long_context.json`` and ``calibrate_long_context.png``.
+    PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --quick
+    PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --methods full,sf --seeds 0 --h2o-models full,sf
 """
 
 from __future__ import annotations
@@ -38,22 +80,24 @@ import datetime as dt
 import json
 import logging
 import math
+import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import longlora_eager_s2
 import torch
 from bench_common import DEFAULT_OUTPUT_DIR, configure_logging, environment
-from transformers import AutoTokenizer, set_seed
+from transformers import AutoTokenizer, DynamicCache, TrainerCallback, set_seed
 
 from hf_sinklora import extend_context, load_model
-from hf_sinklora.evaluation import passkey_accuracy, perplexity, tokenize_documents
-from hf_sinklora.experiment.base_model import BaseModelRecipe, cached_base_model
 from hf_sinklora.data.sources import load_books
-from hf_sinklora.training.recipe import ATTENTION_IMPLEMENTATIONS, TrainSettings, run_training
+from hf_sinklora.evaluation import accuracy_grid, passkey_accuracy, perplexity, streamed_token_nll, tokenize_documents
+from hf_sinklora.evaluation.cache_quality import POLICIES, eviction_cache
+from hf_sinklora.experiment.base_model import BaseModelRecipe, cached_base_model
 from hf_sinklora.experiment.long_range import (
     FINETUNING_MIXTURE,
     PRETRAINING_MIXTURE,
@@ -61,55 +105,120 @@ from hf_sinklora.experiment.long_range import (
     finetuning_examples,
     long_range_documents,
 )
+from hf_sinklora.training.recipe import ATTENTION_IMPLEMENTATIONS, TrainSettings, run_training
 
-logger = logging.getLogger("calibrate_long_context")
+logger = logging.getLogger("long_context")
 
 GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg"
 DEFAULT_TRAIN = [str(GUTENBERG / f) for f in ("moby_dick.txt", "jack_sheppard.txt", "pride_and_prejudice.txt")]
 DEFAULT_EVAL = [str(GUTENBERG / f) for f in ("news_from_nowhere.txt", "katrine.txt")]
-GOALS = {"base_min_depth_at_L": 0.95, "interpolated_max_at_4L": 0.5, "full_min_at_4L": 0.9}
+
+LONGLORA = "longlora"
+METHODS = ("full", "s2", "sf", LONGLORA)
+"""Fine-tuning methods: the recipe's training attentions, and LongLoRA's eager S2 (benchmark-only)."""
+GOALS = {"base_min_depth_at_L": 0.95, "interpolated_max_at_4L": 0.5, "full_min_at_4L": 0.9,
+         "sf_max_points_behind_full": 0.05}
+SHARE_METRICS = {
+    "passkey_at_4L": "passkey accuracy at 4L: (acc_m - acc_interp) / (acc_full - acc_interp)",
+    "long_range_ppl_at_4L": ("long-range perplexity at 4L, log scale: "
+                             "(log ppl_interp - log ppl_m) / (log ppl_interp - log ppl_full)"),
+    "held_out_ppl_at_4L": ("held-out perplexity at 4L, log scale: "
+                           "(log ppl_interp - log ppl_m) / (log ppl_interp - log ppl_full)"),
+}
+MIN_GAIN = {"passkey_at_4L": 0.02, "long_range_ppl_at_4L": 1e-3, "held_out_ppl_at_4L": 1e-3}
+"""A seed's share is null when the full-attention gain (the denominator) is below this in absolute
+value: 0.02 accuracy (one prompt of 50), 0.001 in log perplexity (0.1%)."""
 
 
-def extend(base_path: Path, examples: list[dict[str, list[int]]], method: str, args: argparse.Namespace, seed: int,
-           output_dir: Path) -> dict[str, Any]:
-    """The recipe (``run_training``: LoRA+, interpolation, ``method``'s training attention) on the
-    fine-tuning rows. ``--finetune-loss tokens``: language modelling on every token; ``targets``:
-    the rows' ``labels`` (generated rows score only their retrieval targets)."""
+class LongLoRAAttention(TrainerCallback):
+    """Trains the recipe's model (built with ``s2_attention``) through LongLoRA's eager S2.
+
+    Switches the model's attention implementation to the registered ``longlora_eager_s2`` when
+    training begins and back to ``s2_attention`` when it ends, before the adapter is saved.
+    """
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.get_base_model().set_attn_implementation(longlora_eager_s2.NAME)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model.get_base_model().set_attn_implementation(ATTENTION_IMPLEMENTATIONS["s2"])
+
+
+def finetune(base_path: Path, examples: list[dict[str, list[int]]], method: str, seed: int, args: argparse.Namespace,
+             output_dir: Path) -> dict[str, Any]:
+    """One LoRA+ run of the recipe (``run_training``) on ``examples`` with ``method``'s training attention.
+
+    Returns:
+        ``run_training``'s summary plus ``training_attention`` (the attention function trained
+        through) and, for ``longlora``, ``longlora_training_calls`` (attention calls it served).
+
+    Raises:
+        RuntimeError: a ``longlora`` run that never called LongLoRA's attention.
+    """
     from datasets import Dataset
 
+    recipe_attention = "s2" if method == LONGLORA else method
     settings = TrainSettings(
         model=str(base_path), dataset="books + long-range documents", target_length=args.factor * args.base_context,
-        output_dir=str(output_dir), attention=method, max_steps=args.finetune_steps, batch_size=args.finetune_batch,
-        lr=args.finetune_lr, seed=seed, logging_steps=max(1, args.finetune_steps // 10), save_steps=0,
-        gradient_checkpointing=False, disable_tqdm=True, overwrite=True,
+        output_dir=str(output_dir), attention=recipe_attention, max_steps=args.finetune_steps,
+        batch_size=args.finetune_batch, lr=args.finetune_lr, seed=seed, logging_steps=max(1, args.finetune_steps // 10),
+        save_steps=0, gradient_checkpointing=False, disable_tqdm=True, overwrite=True,
     )
     columns = {"input_ids": [e["input_ids"] for e in examples]}
     if args.finetune_loss == "targets":
         columns["labels"] = [e["labels"] for e in examples]
-    return run_training(settings, train_dataset=Dataset.from_dict(columns))
+    calls_before = longlora_eager_s2.training_calls
+    callbacks = [LongLoRAAttention()] if method == LONGLORA else []
+    summary = run_training(settings, train_dataset=Dataset.from_dict(columns), callbacks=callbacks)
+    summary["training_attention"] = longlora_eager_s2.NAME if method == LONGLORA else summary["attention"]
+    if method == LONGLORA:
+        summary["longlora_training_calls"] = longlora_eager_s2.training_calls - calls_before
+        if not summary["longlora_training_calls"]:
+            raise RuntimeError("the longlora run never went through longlora_eager_s2's attention")
+    return summary
 
 
-def long_range_perplexity(model: Any, documents: list[Any], length: int) -> dict[str, Any]:
-    """Perplexity over the masked tokens only (per kind and together), and over the unmasked ones.
+def long_range_summary(documents: Sequence[Any], token_nll: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """Perplexity over each document's long-range tokens (per kind and together) and over the rest.
 
-    Each document (``LongRangeDocument`` of ``length`` tokens) is one window of ``length``.
+    Args:
+        documents: ``LongRangeDocument`` s of ``n`` tokens each.
+        token_nll: per document a tensor ``(n - 1,)``; entry ``t`` is the NLL (nats) of token ``t + 1``.
+
+    Returns:
+        ``{kind: {"ppl", "tokens"}, "rest": ..., "long_range": ...}`` (``long_range``: every kind's
+        masked tokens together; ppl is NaN where nothing is scored).
     """
-    result = perplexity(model, [torch.tensor(d.input_ids) for d in documents], length, keep_token_nll=True,
-                        progress=False)
     sums: dict[str, list[float]] = {}
-    for document, nll in zip(documents, result.token_nll):
+    for document, nll in zip(documents, token_nll):
         mask = torch.tensor(document.long_range_mask[1:])  # token t's NLL is nll[t - 1]
-        sums.setdefault(document.kind, [0.0, 0])
-        sums[document.kind][0] += float(nll[mask].double().sum())
-        sums[document.kind][1] += int(mask.sum())
-        sums.setdefault("rest", [0.0, 0])
-        sums["rest"][0] += float(nll[~mask].double().sum())
-        sums["rest"][1] += int((~mask).sum())
-    out: dict[str, Any] = {kind: {"ppl": math.exp(s / n) if n else float("nan"), "tokens": n} for kind, (s, n) in sums.items()}
+        for kind, selected in ((document.kind, mask), ("rest", ~mask)):
+            total = sums.setdefault(kind, [0.0, 0])
+            total[0] += float(nll[selected].double().sum())
+            total[1] += int(selected.sum())
+    out: dict[str, Any] = {kind: {"ppl": math.exp(s / n) if n else float("nan"), "tokens": n}
+                           for kind, (s, n) in sums.items()}
     masked = [v for k, v in sums.items() if k != "rest"]
     total_nll, total_n = sum(s for s, _ in masked), sum(n for _, n in masked)
     out["long_range"] = {"ppl": math.exp(total_nll / total_n) if total_n else float("nan"), "tokens": total_n}
     return out
+
+
+def long_range_perplexity(model: Any, documents: Sequence[Any], length: int) -> dict[str, Any]:
+    """:func:`long_range_summary` of one forward pass of ``length`` tokens per document (full attention)."""
+    result = perplexity(model, [torch.tensor(d.input_ids) for d in documents], length, keep_token_nll=True,
+                        progress=False)
+    return long_range_summary(documents, result.token_nll)
+
+
+def streamed_long_range_perplexity(model: Any, documents: Sequence[Any], cache_factory: Callable[[int], Any],
+                                   chunk_size: int) -> dict[str, Any]:
+    """:func:`long_range_summary` of each document streamed ``chunk_size`` tokens per forward through
+    ``cache_factory(document_tokens)`` (a fresh cache per document)."""
+    model.eval()
+    token_nll = [streamed_token_nll(model, torch.tensor(d.input_ids), cache_factory(len(d.input_ids)), chunk_size)
+                 for d in documents]
+    return long_range_summary(documents, token_nll)
 
 
 def held_out_perplexity(model: Any, tokenizer: Any, documents: list[torch.Tensor], length: int) -> dict[str, float]:
@@ -119,75 +228,482 @@ def held_out_perplexity(model: Any, tokenizer: Any, documents: list[torch.Tensor
     return {"ppl": result.perplexity, "bits_per_char": result.nll_sum / math.log(2) / chars, "tokens": result.tokens_scored}
 
 
+def passkey(model: Any, tokenizer: Any, lengths: Sequence[int], args: argparse.Namespace, **cache_options: Any) -> dict[str, Any]:
+    """Passkey accuracy at each of ``lengths`` (tokens, answer included) by depth.
+
+    Each length runs on its own with ``--eval-seed``, so the prompts at a length are the same
+    whatever other lengths are measured. ``cache_options`` go to ``passkey_accuracy``
+    (``cache_factory``, ``prefill_chunk_size``).
+
+    Returns:
+        ``{"per_length": {str(n): accuracy}, "cells": [{length, prompt_length, depth, accuracy,
+        correct, trials}], "min_depth": {str(n): lowest accuracy over depths}, "examples": [...]}``.
+    """
+    room = args.answer_room
+    cells, examples, per_length = [], [], {}
+    for n in lengths:
+        result = passkey_accuracy(model, tokenizer, [n - room], depths=args.depths, trials=args.trials,
+                                  seed=args.eval_seed, progress=False, **cache_options)
+        per_length[str(n)] = result["accuracy"]
+        cells += [{"length": n, "prompt_length": c["length"], **{k: c[k] for k in ("depth", "accuracy", "correct", "trials")}}
+                  for c in result["cells"]]
+        examples += [{k: s[k] for k in ("length", "depth", "key", "answer")} for s in result["samples"][:: args.trials]]
+    return {
+        "per_length": per_length,
+        "cells": cells,
+        "min_depth": {str(n): min(c["accuracy"] for c in cells if c["length"] == n) for n in lengths},
+        "examples": examples[:12],
+    }
+
+
 def measure(name: str, model: Any, tokenizer: Any, lengths: Sequence[int], args: argparse.Namespace,
             held_out: list[torch.Tensor], ppl_lengths: Sequence[int], long_docs: list[Any] | None) -> dict[str, Any]:
+    """Passkey at ``lengths``, held-out perplexity at ``ppl_lengths`` and (with ``long_docs``) long-range
+    perplexity at 4L of one model, with the seconds it took."""
     started = time.perf_counter()
-    room = args.answer_room
-    passkey = passkey_accuracy(model, tokenizer, [n - room for n in lengths], depths=args.depths, trials=args.trials,
-                               seed=args.eval_seed, progress=False)
-    cells = [{"length": c["length"] + room, "prompt_length": c["length"],
-              **{k: c[k] for k in ("depth", "accuracy", "correct", "trials")}} for c in passkey["cells"]]
     entry: dict[str, Any] = {
-        "passkey": {
-            "per_length": {str(n): passkey["per_length"][str(n - room)] for n in lengths},
-            "cells": cells,
-            "min_depth": {str(n): min(c["accuracy"] for c in cells if c["length"] == n) for n in lengths},
-            "examples": [{k: s[k] for k in ("length", "depth", "key", "answer")} for s in passkey["samples"][:: max(1, args.trials)]][:12],
-        },
+        "passkey": passkey(model, tokenizer, lengths, args),
         "held_out": {str(n): held_out_perplexity(model, tokenizer, held_out, n) for n in ppl_lengths},
     }
     if long_docs is not None:
         entry["long_range"] = long_range_perplexity(model, long_docs, args.factor * args.base_context)
     entry["eval_seconds"] = round(time.perf_counter() - started, 1)
-    logger.info("%s: passkey %s; held-out %s; long-range %s", name, entry["passkey"]["per_length"],
+    logger.info("%s: passkey %s; held-out ppl %s; long-range ppl %s", name, entry["passkey"]["per_length"],
                 {k: round(v["ppl"], 2) for k, v in entry["held_out"].items()},
                 {k: round(v["ppl"], 2) for k, v in entry.get("long_range", {}).items()})
     return entry
 
 
-def plot(document: dict[str, Any], path: Path) -> None:
-    """Left: passkey accuracy by length per model. Middle: by depth at 4L. Right: long-range ppl."""
-    import matplotlib
+def headline(entry: dict[str, Any], target: int) -> dict[str, float]:
+    """The three metrics the shares compare, from one :func:`measure` entry."""
+    return {
+        "passkey_at_4L": entry["passkey"]["per_length"][str(target)],
+        "long_range_ppl_at_4L": entry["long_range"]["long_range"]["ppl"],
+        "held_out_ppl_at_4L": entry["held_out"][str(target)]["ppl"],
+    }
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def gain(metric: str, interpolated: float, value: float) -> float:
+    """How much better ``value`` is than the interpolated model's: accuracy points for passkey,
+    ``log ppl_interp - log ppl`` for perplexities (NaN where a perplexity is NaN)."""
+    if metric == "passkey_at_4L":
+        return value - interpolated
+    if not (interpolated > 0 and value > 0):
+        return float("nan")
+    return math.log(interpolated) - math.log(value)
+
+
+def share(metric: str, interpolated: float, full: float, value: float) -> float | None:
+    """``value``'s share of the full-attention gain on ``metric``; None when that gain is ~0 (or NaN)."""
+    denominator = gain(metric, interpolated, full)
+    numerator = gain(metric, interpolated, value)
+    if not abs(denominator) >= MIN_GAIN[metric] or math.isnan(numerator):
+        return None
+    return numerator / denominator
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, min, max and stdev of the non-null ``values`` (all None when none is left)."""
+    kept = [v for v in values if v is not None]
+    return {
+        "mean": statistics.mean(kept) if kept else None,
+        "min": min(kept) if kept else None,
+        "max": max(kept) if kept else None,
+        "stdev": (statistics.stdev(kept) if len(kept) > 1 else 0.0) if kept else None,
+        "seeds_counted": len(kept),
+    }
+
+
+def shares(headlines: dict[str, dict[int, dict[str, float]]], interpolated: dict[str, float]) -> dict[str, Any]:
+    """Per method (not full) and metric: each seed's share of the full-attention gain, and their spread.
+
+    Args:
+        headlines: ``{method: {seed: headline(...)}}``, ``full`` included.
+        interpolated: ``headline(...)`` of the interpolated model.
+    """
+    seeds = list(headlines["full"])
+    by_method = {}
+    for method in (m for m in headlines if m != "full"):
+        by_method[method] = {}
+        for metric in SHARE_METRICS:
+            per_seed = {s: share(metric, interpolated[metric], headlines["full"][s][metric], headlines[method][s][metric])
+                        for s in seeds}
+            by_method[method][metric] = {"per_seed": {str(s): v for s, v in per_seed.items()}, **spread(list(per_seed.values()))}
+    return {
+        "definition": SHARE_METRICS,
+        "null_when": {m: f"|full-attention gain| < {g} (the full gain is ~0: no share to take)" for m, g in MIN_GAIN.items()},
+        "full_gain": {metric: {str(s): gain(metric, interpolated[metric], headlines["full"][s][metric]) for s in seeds}
+                      for metric in SHARE_METRICS},
+        "methods": by_method,
+    }
+
+
+def cache_factories(policies: Sequence[str], budgets: Sequence[float]) -> dict[tuple[str, float], Callable[[int], Any]]:
+    """``{(policy, budget): prompt_tokens -> fresh eviction_cache(policy, budget, prompt_tokens)}``."""
+    factories: dict[tuple[str, float], Callable[[int], Any]] = {}
+    for policy in policies:
+        for budget in budgets:
+            factories[(policy, budget)] = lambda tokens, p=policy, b=budget: eviction_cache(p, b, tokens)
+    return factories
+
+
+def eviction_sweep(model: Any, tokenizer: Any, long_docs: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Passkey accuracy and long-range perplexity at 4L with the full cache and every (policy, budget).
+
+    Returns:
+        ``{"full_cache": {"passkey_at_4L", "passkey_per_depth", "long_range_ppl_at_4L"},
+        "policies": {policy: {str(budget): {... the same, "budget_tokens_passkey",
+        "budget_tokens_documents"}}}, "seconds"}``.
+    """
+    started = time.perf_counter()
+    target = args.factor * args.base_context
+    prompt_tokens = target - args.answer_room
+
+    def one(factory: Callable[[int], Any] | None) -> dict[str, Any]:
+        accuracy = passkey(model, tokenizer, [target], args, cache_factory=factory, prefill_chunk_size=args.h2o_chunk)
+        streamed = streamed_long_range_perplexity(
+            model, long_docs, factory or (lambda _tokens: DynamicCache(config=model.config)), args.h2o_chunk)
+        return {"passkey_at_4L": accuracy["per_length"][str(target)],
+                "passkey_per_depth": {f"{c['depth']:g}": c["accuracy"] for c in accuracy["cells"]},
+                "long_range_ppl_at_4L": streamed["long_range"]["ppl"], "long_range_tokens": streamed["long_range"]["tokens"]}
+
+    out: dict[str, Any] = {"full_cache": one(None), "policies": {}}
+    logger.info("  full cache: %s", {k: v for k, v in out["full_cache"].items() if k != "passkey_per_depth"})
+    for (policy, budget), factory in cache_factories(args.h2o_policies, args.h2o_budgets).items():
+        row = one(factory)
+        row["budget_tokens_passkey"] = factory(prompt_tokens).policy.budget
+        row["budget_tokens_documents"] = factory(target).policy.budget
+        out["policies"].setdefault(policy, {})[f"{budget:g}"] = row
+        logger.info("  %s at %g: passkey %.2f, long-range ppl %.2f", policy, budget, row["passkey_at_4L"],
+                    row["long_range_ppl_at_4L"])
+    out["seconds"] = round(time.perf_counter() - started, 1)
+    return out
+
+
+def mean_over_seeds(per_seed: dict[str, dict[str, Any]], pick: Callable[[dict[str, Any]], float]) -> float:
+    """Mean of ``pick(entry)`` over a method's per-seed entries."""
+    return statistics.mean(pick(entry) for entry in per_seed.values())
+
+
+def goal_check(models: dict[str, Any], target: int) -> dict[str, Any]:
+    """The discrimination and comparison goals, each with its value(s), threshold and verdict
+    (None where a method it needs was not run); ``met`` only when every goal is met."""
+    finetuned = models["finetuned"]
+
+    def at_4L(method: str) -> float | None:
+        if method not in finetuned:
+            return None
+        return mean_over_seeds(finetuned[method], lambda e: e["passkey"]["per_length"][str(target)])
+
+    base_min = min(models["base"]["passkey"]["min_depth"].values())
+    interpolated = models["interpolated"]["passkey"]["per_length"][str(target)]
+    full, sf, s2, longlora = at_4L("full"), at_4L("sf"), at_4L("s2"), at_4L(LONGLORA)
+    goals = {
+        "base_min_depth_at_L": {"value": base_min, "at_least": GOALS["base_min_depth_at_L"],
+                                "met": base_min >= GOALS["base_min_depth_at_L"]},
+        "interpolated_at_4L": {"value": interpolated, "at_most": GOALS["interpolated_max_at_4L"],
+                               "met": interpolated <= GOALS["interpolated_max_at_4L"]},
+        "full_at_4L": {"value": full, "at_least": GOALS["full_min_at_4L"], "met": full >= GOALS["full_min_at_4L"],
+                       "per_seed": {s: e["passkey"]["per_length"][str(target)] for s, e in finetuned["full"].items()}},
+        "sf_within_5_points_of_full": {"sf": sf, "full": full, "max_points_behind": GOALS["sf_max_points_behind_full"],
+                                       "met": None if sf is None else sf >= full - GOALS["sf_max_points_behind_full"]},
+        "sf_ahead_of_s2": {"sf": sf, "s2": s2, "met": None if sf is None or s2 is None else sf > s2},
+        "sf_ahead_of_longlora": {"sf": sf, "longlora": longlora,
+                                 "met": None if sf is None or longlora is None else sf > longlora},
+    }
+    return {
+        "description": ("passkey at 4L = factor * L, means over seeds: base >= 95% at every depth at L; interpolated "
+                        "without fine-tuning <= 50%; LoRA+ full attention >= 90%; SF within 5 points of full and "
+                        "ahead of S2 and LongLoRA's eager S2"),
+        **goals,
+        "met": all(g["met"] is True for g in goals.values()),
+    }
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def mean_cells(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Passkey cells (length, depth, accuracy) averaged over ``entries`` (one per seed)."""
+    sums: dict[tuple[int, float], list[float]] = {}
+    for entry in entries:
+        for cell in entry["passkey"]["cells"]:
+            sums.setdefault((cell["length"], cell["depth"]), []).append(cell["accuracy"])
+    return [{"length": n, "depth": d, "accuracy": statistics.mean(v)} for (n, d), v in sums.items()]
+
+
+def plot_passkey(document: dict[str, Any], path: Path) -> None:
+    """Heat maps, one per model: x = length (tokens, answer included), y = key depth, colour =
+    accuracy (mean over seeds for the fine-tuned models)."""
     models = document["models"]
-    names = list(models)
-    lengths = document["settings"]["lengths"]
-    target = str(lengths[-1])
-    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.4))
-    width = 0.8 / max(1, len(names))
-    for index, name in enumerate(names):
-        per_length = models[name]["passkey"]["per_length"]
-        xs = [i + index * width for i, n in enumerate(lengths) if str(n) in per_length]
-        left.bar(xs, [100 * per_length[str(n)] for n in lengths if str(n) in per_length], width, label=name, color=f"C{index}")
-        cells = [c for c in models[name]["passkey"]["cells"] if str(c["length"]) == target]
-        if cells:
-            middle.plot([c["depth"] for c in cells], [100 * c["accuracy"] for c in cells], marker="o", label=name, color=f"C{index}")
-    left.set_xticks([i + 0.4 - width / 2 for i in range(len(lengths))], [str(n) for n in lengths])
-    left.set_xlabel("prompt length (tokens)")
-    left.set_ylabel("passkey accuracy (%)")
-    left.axhline(90, color="grey", linestyle=":", linewidth=0.8)
-    left.axhline(50, color="red", linestyle=":", linewidth=0.8)
-    left.legend(fontsize=7)
-    left.set_title(f"passkey by length (L = {document['settings']['base_context']})")
-    middle.set_xlabel("key depth")
-    middle.set_ylabel(f"passkey accuracy at {target} (%)")
-    middle.set_ylim(-5, 105)
-    middle.legend(fontsize=7)
-    middle.set_title(f"passkey by depth at {target} tokens")
-    with_long = [n for n in names if "long_range" in models[n]]
-    right.bar(range(len(with_long)), [models[n]["long_range"]["long_range"]["ppl"] for n in with_long],
-              color=[f"C{names.index(n)}" for n in with_long])
-    right.set_xticks(range(len(with_long)), with_long, fontsize=7)
-    right.set_yscale("log")
-    right.set_ylabel(f"long-range perplexity at {target} (log)")
-    right.set_title(f"tokens needing > {document['settings']['base_context']} tokens of context")
-    figure.suptitle(document["title"], fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    panels = [("base", mean_cells([models["base"]])), ("interpolated", mean_cells([models["interpolated"]]))]
+    panels += [(f"LoRA+ {m} ({len(s)} seeds)", mean_cells(list(s.values()))) for m, s in models["finetuned"].items()]
+    figure = _figure(2.6 * len(panels) + 1.0, 3.6)
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    image = None
+    for axis, (title, cells) in zip(axes, panels):
+        lengths, depths, grid = accuracy_grid({"cells": cells})
+        image = axis.imshow(grid, cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+        axis.set_xticks(range(len(lengths)), [str(n) for n in lengths])
+        axis.set_yticks(range(len(depths)), [f"{d:g}" for d in depths])
+        for row, values in enumerate(grid):
+            for column, value in enumerate(values):
+                if not math.isnan(value):
+                    axis.text(column, row, f"{value:.2f}", ha="center", va="center", fontsize=7)
+        axis.set_xlabel("length (tokens)")
+        axis.set_title(title, fontsize=8)
+    axes[0].set_ylabel("key depth")
+    figure.colorbar(image, ax=list(axes), label="passkey accuracy", fraction=0.02, pad=0.01)
+    figure.suptitle(document["title"], fontsize=8)
+    figure.savefig(path)
+
+
+def plot_shares(document: dict[str, Any], path: Path) -> None:
+    """One panel per metric: each method's share of the full-attention gain (bar: mean over
+    seeds, whiskers: min..max, dots: seeds); 100% = full attention, 0% = no fine-tuning."""
+    methods = document["shares"]["methods"]
+    figure = _figure(4.2 * len(SHARE_METRICS), 4.0)
+    axes = figure.subplots(1, len(SHARE_METRICS), squeeze=False)[0]
+    for axis, metric in zip(axes, SHARE_METRICS):
+        for index, method in enumerate(methods):
+            entry = methods[method][metric]
+            seeds = [100 * v for v in entry["per_seed"].values() if v is not None]
+            if entry["mean"] is None:
+                axis.text(index, 0, "n/a", ha="center", va="bottom", fontsize=8)
+                continue
+            mean = 100 * entry["mean"]
+            axis.bar(index, mean, color=f"C{index}", alpha=0.6,
+                     yerr=[[mean - 100 * entry["min"]], [100 * entry["max"] - mean]], capsize=5)
+            axis.scatter([index] * len(seeds), seeds, color="black", s=10, zorder=3)
+        axis.axhline(100, color="grey", linewidth=0.8)
+        axis.axhline(0, color="black", linewidth=0.6)
+        axis.set_xticks(range(len(methods)), list(methods))
+        axis.set_title(metric.replace("_", " "), fontsize=9)
+    axes[0].set_ylabel("% of the full-attention gain (vs interpolated)")
+    figure.suptitle(document["title"], fontsize=8)
+    figure.savefig(path)
+
+
+def plot_h2o(document: dict[str, Any], path: Path) -> None:
+    """Per swept model: passkey accuracy and long-range perplexity at 4L against the budget, one
+    line per policy, the full cache as a dashed line."""
+    sweeps = document["h2o"]["models"]
+    figure = _figure(10, 3.6 * max(1, len(sweeps)))
+    axes = figure.subplots(max(1, len(sweeps)), 2, squeeze=False)
+    for row, (name, sweep) in zip(axes, sweeps.items()):
+        for column, (metric, label) in enumerate((("passkey_at_4L", "passkey accuracy"),
+                                                  ("long_range_ppl_at_4L", "long-range perplexity"))):
+            axis = row[column]
+            for policy, by_budget in sweep["policies"].items():
+                budgets = sorted(by_budget, key=float)
+                axis.plot([float(b) for b in budgets], [by_budget[b][metric] for b in budgets], marker="o", label=policy)
+            axis.axhline(sweep["full_cache"][metric], color="black", linestyle="--", label="full cache")
+            axis.set_xlabel("budget (fraction of the prompt / document)")
+            axis.set_ylabel(f"{label} at 4L")
+            if column == 0:
+                axis.set_ylim(-0.05, 1.05)
+            else:
+                axis.set_yscale("log")
+            axis.set_title(f"{name}: {label}", fontsize=9)
+            axis.legend(fontsize=7)
+    figure.suptitle(document["title"], fontsize=8)
+    figure.savefig(path)
+
+
+def base_recipe(args: argparse.Namespace) -> BaseModelRecipe:
+    """The base model's recipe from the base flags."""
+    return BaseModelRecipe(
+        vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
+        num_layers=args.layers, num_heads=args.heads, context_length=args.base_context, steps=args.pretrain_steps,
+        batch_size=args.pretrain_batch, learning_rate=args.pretrain_lr, seed=args.base_seed,
+        individual_digits=True, add_bos=not args.no_bos, mixture=tuple(args.pretrain_mixture.items()),
+        warmup_steps=args.warmup_steps, max_grad_norm=1.0, loss=args.loss,
+    )
+
+
+def read_books(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    """Training and held-out books, each cut to ``--max-chars`` characters when set."""
+    train_texts, eval_texts = load_books(args.train_data), load_books(args.eval_data)
+    if args.max_chars:
+        train_texts = [t[: args.max_chars] for t in train_texts]
+        eval_texts = [t[: args.max_chars] for t in eval_texts]
+    return train_texts, eval_texts
+
+
+def text_only_reference(recipe: BaseModelRecipe, train_texts: list[str], eval_texts: list[str],
+                        args: argparse.Namespace) -> dict[str, Any]:
+    """The same base pretrained on text only: its held-out perplexity and passkey accuracy at ``L``."""
+    L = args.base_context
+    text_only = BaseModelRecipe(**{**asdict(recipe), "mixture": (), "loss": "tokens"})
+    path, cached = cached_base_model(train_texts, text_only, args.cache_dir)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = load_model(path)
+    documents = tokenize_documents(tokenizer, eval_texts, max_tokens=args.eval_tokens)
+    reference = {"path": str(path), "cached": cached, "recipe": "same as the base, mixture=() (text only)",
+                 "held_out": {str(L): held_out_perplexity(model, tokenizer, documents, L)},
+                 "passkey_at_L": passkey(model, tokenizer, [L], args)["per_length"][str(L)]}
+    logger.info("text-only reference: %s", reference)
+    return reference
+
+
+def measure_base(base_path: Path, tokenizer: Any, args: argparse.Namespace, held_out: list[torch.Tensor],
+                 long_docs: list[Any]) -> dict[str, Any]:
+    """``base`` at ``L`` (plus prompts filling all ``L`` positions) and ``interpolated`` at every length."""
+    L, target = args.base_context, args.factor * args.base_context
+    model = load_model(base_path)
+    base = measure("base", model, tokenizer, [L], args, held_out, [L], None)
+    if args.answer_room:  # the same prompts filling all L positions: the answer then lies beyond L
+        full_prompt = passkey_accuracy(model, tokenizer, [L], depths=args.depths, trials=args.trials,
+                                       seed=args.eval_seed, progress=False)
+        base["passkey_prompt_of_L_tokens"] = {
+            "accuracy": full_prompt["accuracy"], "per_depth": full_prompt["per_depth"],
+            "note": f"prompt of {L} tokens, answer generated at positions {L}..{L}+: beyond the pretraining context"}
+    extend_context(model, target)
+    interpolated = measure("interpolated", model, tokenizer, lengths_of(args), args, held_out, [L, target], long_docs)
+    return {"base": base, "interpolated": interpolated}
+
+
+def lengths_of(args: argparse.Namespace) -> list[int]:
+    """Passkey lengths of the extended models: ``L``, ``2L`` and ``factor * L``."""
+    return sorted({args.base_context, 2 * args.base_context, args.factor * args.base_context})
+
+
+def finetune_and_measure(base_path: Path, tokenizer: Any, rows: list[dict[str, list[int]]], method: str, seed: int,
+                         args: argparse.Namespace, held_out: list[torch.Tensor], long_docs: list[Any]) -> dict[str, Any]:
+    """One fine-tuning run (:func:`finetune`) and its :func:`measure` entry, with a ``training`` record."""
+    started = time.perf_counter()
+    target = args.factor * args.base_context
+    logger.info("seed %d, %s: LoRA+ %d steps x %d rows of %d tokens", seed, method, args.finetune_steps,
+                args.finetune_batch, target)
+    trained = finetune(base_path, rows, method, seed, args, run_dir(args, method, seed))
+    model = load_model(trained["output_dir"])
+    entry = measure(f"LoRA+ {method} seed {seed}", model, tokenizer, lengths_of(args), args, held_out,
+                    [args.base_context, target], long_docs)
+    entry["training"] = {k: trained[k] for k in ("training_attention", "longlora_training_calls", "losses",
+                                                 "trainable_parameters", "output_dir") if k in trained}
+    entry["training"]["train_seconds"] = trained["seconds"]
+    entry["seconds"] = round(time.perf_counter() - started, 1)
+    return entry
+
+
+def eviction_sweeps(tokenizer: Any, long_docs: list[Any], args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`eviction_sweep` of each ``--h2o-models`` model of the first seed, with the sweep's settings."""
+    seed = args.seeds[0]
+    h2o: dict[str, Any] = {
+        "settings": {"models": [f"{m} seed {seed}" for m in args.h2o_models], "policies": args.h2o_policies,
+                     "budgets": args.h2o_budgets, "chunk_size": args.h2o_chunk, "length": args.factor * args.base_context,
+                     "budget_of": "passkey: the prompt's tokens; long-range perplexity: the document's tokens"},
+        "models": {},
+    }
+    for method in args.h2o_models:
+        logger.info("eviction sweep on LoRA+ %s seed %d", method, seed)
+        model = load_model(run_dir(args, method, seed))
+        h2o["models"][f"{method} seed {seed}"] = eviction_sweep(model, tokenizer, long_docs, args)
+    return h2o
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole benchmark (see the module docstring); writes the outputs and returns the JSON document."""
+    started = time.perf_counter()
+    env = environment("cpu")
+    longlora_eager_s2.register()  # this process only; the package never registers it
+    set_seed(args.base_seed)
+    timings: dict[str, float] = {}
+    L, target = args.base_context, args.factor * args.base_context
+    train_texts, eval_texts = read_books(args)
+    recipe = base_recipe(args)
+    base_path, was_cached = cached_base_model(train_texts, recipe, args.cache_dir)
+    timings["pretrain_s"] = time.perf_counter() - started
+    logger.info("base %s (%s)", base_path, "cached" if was_cached else "pretrained now")
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    held_out = tokenize_documents(tokenizer, eval_texts, max_tokens=args.eval_tokens)
+    long_docs = long_range_documents(TextSource(tokenizer, eval_texts), target, args.long_range_docs, threshold=L,
+                                     seed=args.eval_seed)
+
+    step = time.perf_counter()
+    models: dict[str, Any] = {**measure_base(base_path, tokenizer, args, held_out, long_docs), "finetuned": {}}
+    timings["base_and_interpolated_eval_s"] = time.perf_counter() - step
+    reference = None
+    if args.text_only_reference:
+        step = time.perf_counter()
+        reference = text_only_reference(recipe, train_texts, eval_texts, args)
+        timings["text_only_reference_s"] = time.perf_counter() - step
+
+    runs: dict[str, float] = {}
+    source = TextSource(tokenizer, train_texts)
+    for seed in args.seeds:
+        rows = finetuning_examples(source, target, args.finetune_steps * args.finetune_batch, args.finetune_mixture,
+                                   seed=seed, threshold=L)
+        for method in args.methods:
+            entry = finetune_and_measure(base_path, tokenizer, rows, method, seed, args, held_out, long_docs)
+            models["finetuned"].setdefault(method, {})[str(seed)] = entry
+            runs[f"{method}_seed{seed}_s"] = entry["seconds"]
+    timings["finetune_and_eval_s"] = sum(runs.values())
+
+    headlines = {m: {s: headline(models["finetuned"][m][str(s)], target) for s in args.seeds} for m in args.methods}
+    share_table = shares(headlines, headline(models["interpolated"], target))
+    logger.info("shares (means): %s", {m: {k: v["mean"] for k, v in by.items()} for m, by in share_table["methods"].items()})
+
+    step = time.perf_counter()
+    h2o = eviction_sweeps(tokenizer, long_docs, args)
+    timings["h2o_sweep_s"] = time.perf_counter() - step
+    timings["total_s"] = time.perf_counter() - started
+
+    document = {
+        "benchmark": ("long context (issue 9): passkey and long-range perplexity at factor * L after LoRA+ "
+                      "extension with full, S2, SF and LongLoRA attention; KV eviction on the same models"),
+        "title": (f"{recipe.num_layers}x{recipe.hidden_size} Llama, L={L}, {recipe.steps} pretraining steps; LoRA+ "
+                  f"{args.finetune_steps} steps x {args.finetune_batch} at {target}, seeds {args.seeds}"),
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": [Path(sys.executable).name, *sys.argv],
+        "environment": env,
+        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                     "target_length": target, "lengths": lengths_of(args), "base_recipe": asdict(recipe)},
+        "base": base_record(base_path, was_cached),
+        "data": {"finetune_rows_per_seed": args.finetune_steps * args.finetune_batch,
+                 "finetune_rows": "drawn with the seed: the same rows for every method of a seed, other rows per seed",
+                 "held_out_tokens": sum(len(d) for d in held_out), "long_range_documents": len(long_docs),
+                 "long_range_tokens": sum(sum(d.long_range_mask) for d in long_docs)},
+        "models": models,
+        "shares": share_table,
+        "h2o": h2o,
+        "text_only_reference": reference,
+        "goal": goal_check(models, target),
+        "timings_s": {k: round(v, 1) for k, v in {**timings, **runs}.items()},
+    }
+    write_outputs(document, args)
+    logger.info("goal met: %s; total %.0f s", document["goal"]["met"], timings["total_s"])
+    return document
+
+
+def run_dir(args: argparse.Namespace, method: str, seed: int) -> Path:
+    """Where the adapter of one (method, seed) run goes."""
+    return args.work_dir / f"{method}-seed{seed}"
+
+
+def base_record(base_path: Path, was_cached: bool) -> dict[str, Any]:
+    """Path, cache hit, parameter count and pretraining losses of the base."""
+    recipe_file = json.loads((base_path / "base_model_recipe.json").read_text())
+    parameters = sum(p.numel() for p in load_model(base_path).parameters())
+    return {"path": str(base_path), "cached": was_cached, "parameters": parameters,
+            "pretraining_losses": recipe_file.get("losses")}
+
+
+def write_outputs(document: dict[str, Any], args: argparse.Namespace) -> None:
+    """``<name>.json`` and the three PNGs in ``--output-dir``."""
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    json_path = args.output_dir / f"{args.name}.json"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    plot_passkey(document, args.output_dir / f"{args.name}_passkey.png")
+    plot_shares(document, args.output_dir / f"{args.name}_shares.png")
+    plot_h2o(document, args.output_dir / f"{args.name}_h2o.png")
+    logger.info("wrote %s and its PNGs", json_path)
 
 
 def _mixture(text: str) -> dict[str, float]:
@@ -195,182 +711,105 @@ def _mixture(text: str) -> dict[str, float]:
     return {k: float(v) for k, v in pairs}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    started = time.perf_counter()
-    set_seed(args.base_seed)
-    timings: dict[str, float] = {}
-    L, target = args.base_context, args.factor * args.base_context
-    lengths = sorted({L, 2 * L, target})
-    train_texts = load_books(args.train_data)
-    eval_texts = load_books(args.eval_data)
-    if args.max_chars:
-        train_texts = [t[: args.max_chars] for t in train_texts]
-        eval_texts = [t[: args.max_chars] for t in eval_texts]
-    recipe = BaseModelRecipe(
-        vocab_size=args.vocab_size, hidden_size=args.hidden_size, intermediate_size=args.intermediate_size,
-        num_layers=args.layers, num_heads=args.heads, context_length=L, steps=args.pretrain_steps,
-        batch_size=args.pretrain_batch, learning_rate=args.pretrain_lr, seed=args.base_seed,
-        individual_digits=True, add_bos=not args.no_bos, mixture=tuple(args.pretrain_mixture.items()), warmup_steps=args.warmup_steps,
-        max_grad_norm=1.0, loss=args.loss,
-    )
-    base_path, was_cached = cached_base_model(train_texts, recipe, args.cache_dir)
-    timings["pretrain_s"] = time.perf_counter() - started
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
-    held_out = tokenize_documents(tokenizer, eval_texts, max_tokens=args.eval_tokens)
-    long_docs = long_range_documents(TextSource(tokenizer, eval_texts), target, args.long_range_docs, threshold=L,
-                                     seed=args.eval_seed)
-    models: dict[str, Any] = {}
-
-    base = load_model(base_path)
-    models["base"] = measure("base", base, tokenizer, [L], args, held_out, [L], None)
-    if args.answer_room:  # the same prompts filling all L positions: the answer then lies beyond L
-        full_prompt = passkey_accuracy(base, tokenizer, [L], depths=args.depths, trials=args.trials,
-                                       seed=args.eval_seed, progress=False)
-        models["base"]["passkey_prompt_of_L_tokens"] = {
-            "accuracy": full_prompt["accuracy"], "per_depth": full_prompt["per_depth"],
-            "note": f"prompt of {L} tokens, answer generated at positions {L}..{L}+: beyond the pretraining context"}
-    step = time.perf_counter()
-    extend_context(base, target)
-    models["interpolated"] = measure("interpolated", base, tokenizer, lengths, args, held_out, [L, target], long_docs)
-    del base
-    timings["base_and_interpolated_eval_s"] = time.perf_counter() - step
-
-    reference = None
-    if args.text_only_reference:
-        step = time.perf_counter()
-        text_only = BaseModelRecipe(**{**asdict(recipe), "mixture": (), "loss": "tokens"})
-        ref_path, ref_cached = cached_base_model(train_texts, text_only, args.cache_dir)
-        ref_tokenizer = AutoTokenizer.from_pretrained(ref_path)
-        ref_model = load_model(ref_path)
-        ref_docs = tokenize_documents(ref_tokenizer, eval_texts, max_tokens=args.eval_tokens)
-        reference = {"path": str(ref_path), "cached": ref_cached, "recipe": "same as the base, mixture=() (text only)",
-                     "held_out": {str(L): held_out_perplexity(ref_model, ref_tokenizer, ref_docs, L)},
-                     "passkey_at_L": passkey_accuracy(ref_model, ref_tokenizer, [L], depths=args.depths,
-                                                      trials=args.trials, seed=args.eval_seed,
-                                                      progress=False)["per_length"][str(L)]}
-        timings["text_only_reference_s"] = time.perf_counter() - step
-        logger.info("text-only reference: %s", reference)
-
-    rows = finetuning_examples(TextSource(tokenizer, train_texts), target, args.finetune_steps * args.finetune_batch,
-                               args.finetune_mixture, seed=args.finetune_seed, threshold=L)
-    runs = {}
-    for method in args.methods:
-        step = time.perf_counter()
-        trained = extend(base_path, rows, method, args, args.finetune_seed, args.work_dir / method)
-        model = load_model(trained["output_dir"])
-        name = f"lora+ {method}"
-        models[name] = measure(name, model, tokenizer, lengths, args, held_out, [L, target], long_docs)
-        runs[method] = {"losses": trained["losses"], "train_seconds": trained["seconds"],
-                        "trainable_parameters": trained["trainable_parameters"],
-                        "seconds": round(time.perf_counter() - step, 1)}
-        timings[f"{method}_s"] = time.perf_counter() - step
-    timings["total_s"] = time.perf_counter() - started
-
-    base_min = min(models["base"]["passkey"]["min_depth"].values())
-    interp = models["interpolated"]["passkey"]["per_length"][str(target)]
-    full = models["lora+ full"]["passkey"]["per_length"][str(target)] if "lora+ full" in models else None
-    recipe_file = json.loads((base_path / "base_model_recipe.json").read_text())
-    document = {
-        "benchmark": "calibration of a long-context-capable base (issue 9): passkey and long-range perplexity",
-        "title": (f"{recipe.num_layers}x{recipe.hidden_size} Llama, L={L}, {recipe.steps} pretraining steps on "
-                  f"{dict(recipe.mixture)}; LoRA+ {args.finetune_steps} steps x {args.finetune_batch} at {target} on "
-                  f"{args.finetune_mixture}"),
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": [Path(sys.executable).name, *sys.argv],
-        "environment": environment("cpu"),
-        "settings": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-                     "target_length": target, "lengths": lengths, "base_recipe": asdict(recipe)},
-        "base": {"path": str(base_path), "cached": was_cached, "parameters": sum(
-            p.numel() for p in load_model(base_path).parameters()), "pretraining_losses": recipe_file.get("losses")},
-        "data": {"finetune_rows": len(rows), "held_out_tokens": sum(len(d) for d in held_out),
-                 "long_range_documents": len(long_docs),
-                 "long_range_tokens": sum(sum(d.long_range_mask) for d in long_docs)},
-        "models": models,
-        "finetuning": runs,
-        "text_only_reference": reference,
-        "goal": {
-            "description": ("base passkey at L >= 95% at every depth; interpolated without fine-tuning <= 50% at 4L; "
-                            "LoRA+ full attention >= 90% at 4L"),
-            "base_min_depth_at_L": base_min, "interpolated_at_4L": interp, "full_at_4L": full,
-            "met": bool(base_min >= GOALS["base_min_depth_at_L"] and interp <= GOALS["interpolated_max_at_4L"]
-                        and full is not None and full >= GOALS["full_min_at_4L"]),
-        },
-        "timings_s": {k: round(v, 1) for k, v in timings.items()},
-    }
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    json_path = args.output_dir / f"{args.name}.json"
-    json_path.write_text(json.dumps(document, indent=2) + "\n")
-    plot(document, args.output_dir / f"{args.name}.png")
-    logger.info("goal: %s; total %.0f s; wrote %s", document["goal"], timings["total_s"], json_path)
-    return document
-
-
 def _floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",") if x]
 
 
+def _names(text: str) -> list[str]:
+    return [x for x in text.split(",") if x]
+
+
 QUICK = {"vocab_size": 1024, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "base_context": 128,
          "pretrain_steps": 4, "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1, "trials": 1,
-         "depths": [0.0, 1.0], "eval_tokens": 1000, "long_range_docs": 2, "max_chars": 60_000, "methods": ["full"],
-         "name": "calibrate_long_context_quick"}
+         "depths": [0.0, 1.0], "eval_tokens": 1000, "long_range_docs": 2, "max_chars": 60_000, "seeds": [0, 1],
+         "methods": list(METHODS), "h2o_budgets": [0.25], "h2o_chunk": 64}
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train-data", nargs="+", default=DEFAULT_TRAIN)
-    parser.add_argument("--eval-data", nargs="+", default=DEFAULT_EVAL)
-    parser.add_argument("--max-chars", type=int, default=0, help="keep the first N characters of each book (0: all)")
-    parser.add_argument("--base-context", type=int, default=128, help="pretraining context L")
-    parser.add_argument("--factor", type=int, default=4)
-    parser.add_argument("--vocab-size", type=int, default=2048)
-    parser.add_argument("--hidden-size", type=int, default=128)
-    parser.add_argument("--intermediate-size", type=int, default=512)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--pretrain-steps", type=int, default=1500)
-    parser.add_argument("--pretrain-batch", type=int, default=16)
-    parser.add_argument("--pretrain-lr", type=float, default=2e-3)
-    parser.add_argument("--warmup-steps", type=int, default=100)
-    parser.add_argument("--pretrain-mixture", type=_mixture, default=dict(PRETRAINING_MIXTURE),
-                        help="kind=weight,... of text, passkey, repeat, words, kv")
-    parser.add_argument("--loss", choices=("rows", "tokens"), default="rows",
-                        help="pretraining loss: rows (retrieval targets only on generated rows, mean over rows) or tokens")
-    parser.add_argument("--no-bos", action="store_true", help="tokenizer without <s> first (prompts start bare)")
-    parser.add_argument("--base-seed", type=int, default=0)
-    parser.add_argument("--finetune-steps", type=int, default=200)
-    parser.add_argument("--finetune-batch", type=int, default=4)
-    parser.add_argument("--finetune-lr", type=float, default=2e-3)
-    parser.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),
-                        help="kind=weight,... of text, repeat, words, kv (never passkey)")
-    parser.add_argument("--finetune-seed", type=int, default=0)
-    parser.add_argument("--finetune-loss", choices=("tokens", "targets"), default="tokens",
-                        help="tokens: LM loss on every token; targets: generated rows score only "
-                             "their retrieval targets (a labels column)")
-    parser.add_argument("--methods", type=lambda t: t.split(","), default=["full"])
-    parser.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])
-    parser.add_argument("--trials", type=int, default=10)
-    parser.add_argument("--answer-room", type=int, default=8,
-                        help="passkey at n tokens = prompts of n - answer_room tokens, so prompt + answer fit in n")
-    parser.add_argument("--eval-seed", type=int, default=1234)
-    parser.add_argument("--eval-tokens", type=int, default=40_000, help="held-out tokens for plain perplexity")
-    parser.add_argument("--long-range-docs", type=int, default=40, help="held-out long-range documents at 4L")
-    parser.add_argument("--text-only-reference", action="store_true",
-                        help="also pretrain (or load) the same base on text only and report its perplexity")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (< 60 s): a smoke test")
-    parser.add_argument("--cache-dir", type=Path, default=None, help="base-model cache (default ~/.cache/hf_sinklora/base_models)")
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/calibrate_long_context"))
-    parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
-    parser.add_argument("--name", default="calibrate_long_context", help="stem of the JSON and PNG")
+    base = parser.add_argument_group("base model (pretrained at L, cached)")
+    base.add_argument("--train-data", nargs="+", default=DEFAULT_TRAIN)
+    base.add_argument("--eval-data", nargs="+", default=DEFAULT_EVAL)
+    base.add_argument("--max-chars", type=int, default=0, help="keep the first N characters of each book (0: all)")
+    base.add_argument("--base-context", type=int, default=128, help="pretraining context L")
+    base.add_argument("--factor", type=int, default=4, help="extension factor: 4L means factor * L")
+    base.add_argument("--vocab-size", type=int, default=2048)
+    base.add_argument("--hidden-size", type=int, default=128)
+    base.add_argument("--intermediate-size", type=int, default=512)
+    base.add_argument("--layers", type=int, default=2)
+    base.add_argument("--heads", type=int, default=4)
+    base.add_argument("--pretrain-steps", type=int, default=1500)
+    base.add_argument("--pretrain-batch", type=int, default=16)
+    base.add_argument("--pretrain-lr", type=float, default=2e-3)
+    base.add_argument("--warmup-steps", type=int, default=100)
+    base.add_argument("--pretrain-mixture", type=_mixture, default=dict(PRETRAINING_MIXTURE),
+                      help="kind=weight,... of text, passkey, repeat, words, kv")
+    base.add_argument("--loss", choices=("rows", "tokens"), default="rows",
+                      help="pretraining loss: rows (retrieval targets only on generated rows, mean over rows) or tokens")
+    base.add_argument("--no-bos", action="store_true", help="tokenizer without <s> first (prompts start bare)")
+    base.add_argument("--base-seed", type=int, default=0)
+    base.add_argument("--text-only-reference", action="store_true",
+                      help="also pretrain (or load) the same base on text only and report its perplexity")
+    tune = parser.add_argument_group("fine-tuning (LoRA+ recipe at factor * L)")
+    tune.add_argument("--methods", type=_names, default=list(METHODS), help=f"comma-separated, from {METHODS}; full needed")
+    tune.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[0, 1, 2],
+                      help="fine-tuning seeds: each draws its own rows and LoRA initialisation")
+    tune.add_argument("--finetune-steps", type=int, default=200)
+    tune.add_argument("--finetune-batch", type=int, default=4)
+    tune.add_argument("--finetune-lr", type=float, default=2e-3)
+    tune.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),
+                      help="kind=weight,... of text, repeat, words, kv (never passkey)")
+    tune.add_argument("--finetune-loss", choices=("tokens", "targets"), default="tokens",
+                      help="tokens: LM loss on every token; targets: generated rows score only "
+                           "their retrieval targets (a labels column)")
+    evaluation = parser.add_argument_group("evaluation")
+    evaluation.add_argument("--depths", type=_floats, default=[0.0, 0.25, 0.5, 0.75, 1.0])
+    evaluation.add_argument("--trials", type=int, default=10, help="passkey prompts per (length, depth)")
+    evaluation.add_argument("--answer-room", type=int, default=8,
+                            help="passkey at n tokens = prompts of n - answer_room tokens, so prompt + answer fit in n")
+    evaluation.add_argument("--eval-seed", type=int, default=1234)
+    evaluation.add_argument("--eval-tokens", type=int, default=40_000, help="held-out tokens for plain perplexity")
+    evaluation.add_argument("--long-range-docs", type=int, default=40, help="held-out long-range documents at 4L")
+    h2o = parser.add_argument_group("KV eviction at 4L on the fine-tuned models of the first seed")
+    h2o.add_argument("--h2o-models", type=_names, default=["full"], help="methods whose model is swept ('' for none)")
+    h2o.add_argument("--h2o-policies", type=_names, default=list(POLICIES), help=f"comma-separated, from {list(POLICIES)}")
+    h2o.add_argument("--h2o-budgets", type=_floats, default=[0.1, 0.25, 0.5],
+                     help="fractions of the prompt (passkey) / document (perplexity) kept per layer and KV head")
+    h2o.add_argument("--h2o-chunk", type=int, default=32,
+                     help="tokens per forward through the cache: passkey prefill_chunk_size and perplexity streaming")
+    out = parser.add_argument_group("runs and outputs")
+    out.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (~10-20 s): a smoke test")
+    out.add_argument("--cache-dir", type=Path, default=None, help="base-model cache (default ~/.cache/hf_sinklora/base_models)")
+    out.add_argument("--work-dir", type=Path, default=Path("runs/long_context"), help="adapters go here")
+    out.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    out.add_argument("--name", default=None, help="stem of the JSON and PNGs (default long_context, "
+                                                  "long_context_quick with --quick; calibrate_long_context works too)")
     args = parser.parse_args(argv)
     if args.quick:
         for key, value in QUICK.items():
             setattr(args, key, value)
-    unknown = sorted(set(args.methods) - set(ATTENTION_IMPLEMENTATIONS))
-    if unknown:
-        parser.error(f"--methods must come from {sorted(ATTENTION_IMPLEMENTATIONS)}; unknown {unknown}")
+    args.name = args.name or ("long_context_quick" if args.quick else "long_context")
+    check_args(parser, args)
+    return args
+
+
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``parser.error`` on methods, seeds, sweep settings or a fine-tuning mixture that cannot run."""
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown or "full" not in args.methods:
+        parser.error(f"--methods must include full and come from {list(METHODS)}; unknown {unknown}")
+    if not args.seeds or len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds must name distinct seeds, got {args.seeds}")
+    if sorted(set(args.h2o_models) - set(args.methods)):
+        parser.error(f"--h2o-models must come from --methods {args.methods}, got {args.h2o_models}")
+    if sorted(set(args.h2o_policies) - set(POLICIES)) or not args.h2o_policies:
+        parser.error(f"--h2o-policies must come from {list(POLICIES)}, got {args.h2o_policies}")
+    if not args.h2o_budgets or not all(0 < b <= 1 for b in args.h2o_budgets):
+        parser.error(f"--h2o-budgets must be fractions in (0, 1], got {args.h2o_budgets}")
+    if args.h2o_chunk < 1:
+        parser.error(f"--h2o-chunk must be >= 1, got {args.h2o_chunk}")
     if args.finetune_mixture.get("passkey", 0):
         parser.error("--finetune-mixture must not hold passkey prompts (retrieval at 4L must come from the base)")
-    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

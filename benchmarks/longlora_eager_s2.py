@@ -1,9 +1,10 @@
 """LongLoRA's eager S2-Attn as the SinkLoRA repository trains it: a benchmark-only baseline.
 
-Written from its description, for ``reproduce_paper.py``'s comparison only: the package never
-registers it and never offers it to users. Half of the heads (the last ``Hq // 2``) have their
-queries, keys and values *rolled* by ``-G/2`` along the sequence with wrap-around, then every head
-attends causally inside groups of ``G`` tokens, and the shifted heads' outputs are rolled back.
+Written from its description, for the benchmarks' comparisons only (``long_context.py``): the
+package never registers it and never offers it to users. Half of the heads (the last ``Hq // 2``)
+have their queries, keys and values *rolled* by ``-G/2`` along the sequence with wrap-around, then
+every head attends causally inside groups of ``G`` tokens, and the shifted heads' outputs are
+rolled back.
 In the rolled order the last group holds the sequence's last ``G/2`` tokens followed by its first
 ``G/2``, so shifted-head queries ``0 .. G/2 - 1`` see the last ``G/2`` tokens of the sequence: a
 future leak (LongLoRA issues #15/#90) that SF-Attn and the package's ``s2_attention`` do not have.
@@ -19,6 +20,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 
 NAME = "longlora_eager_s2"
+training_calls = 0
+"""Calls of :func:`attention_forward` in training mode (each one runs :func:`longlora_eager_s2`) in
+this process: a benchmark reads it before and after a run to show the run trained through it."""
 
 
 def longlora_eager_s2(
@@ -48,6 +52,7 @@ def longlora_eager_s2(
 
 def attention_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
     """transformers attention function: LongLoRA's eager S2 while training, SDPA causal in eval mode."""
+    global training_calls
     if not module.training:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -56,6 +61,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     ratio = module.config.sf_attention.get("group_size_ratio", 0.25)
     group_size = round(query.shape[2] * ratio)
     repeats = query.shape[1] // key.shape[1]
+    training_calls += 1
     out = longlora_eager_s2(query, repeat_kv(key, repeats), repeat_kv(value, repeats), group_size,
                             scale=scaling if scaling is not None else query.shape[-1] ** -0.5)
     return out.transpose(1, 2).contiguous(), None

@@ -1,15 +1,10 @@
-"""The long-range documents of issue 9 and the calibration benchmark's quick mode."""
+"""The long-range documents of issue 9 (the benchmark itself: test_long_context_benchmark.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
-import subprocess
-import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 
@@ -19,7 +14,6 @@ from hf_sinklora.evaluation.passkey_prompt import KEY_LINE, QUESTION, TASK_DESCR
 from hf_sinklora.experiment import long_range as lr
 from hf_sinklora.experiment.base_model import BaseModelRecipe, _cache_key, recipe_key_fields
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -144,22 +138,6 @@ def test_recipe_defaults_keep_the_old_cache_key():
     assert _cache_key([], new) != _cache_key([], BaseModelRecipe())
     with pytest.raises(ValueError):
         BaseModelRecipe(mixture=(("nope", 1.0),))
-
-
-def test_calibration_quick_mode_writes_json_and_png(tmp_path):
-    data = [str(p) for p in stdlib_source_files(limit=8)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(ROOT / "benchmarks" / "long_context.py"), "--quick",
-               "--train-data", *data[:6], "--eval-data", *data[6:], "--cache-dir", str(tmp_path / "cache"),
-               "--work-dir", str(tmp_path / "work"), "--output-dir", str(tmp_path / "out")]
-    subprocess.run(command, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
-    document = json.loads((tmp_path / "out" / "calibrate_long_context_quick.json").read_text())
-    assert (tmp_path / "out" / "calibrate_long_context_quick.png").stat().st_size > 0
-    assert {"settings", "base", "models", "finetuning", "goal", "timings_s", "data"} <= set(document)
-    assert set(document["models"]) == {"base", "interpolated", "lora+ full"}
-    assert set(document["models"]["interpolated"]["passkey"]["per_length"]) == {"128", "256", "512"}
-    assert {"repeat", "kv", "long_range", "rest"} <= set(document["models"]["lora+ full"]["long_range"])
-    assert {"base_min_depth_at_L", "interpolated_at_4L", "full_at_4L", "met"} <= set(document["goal"])
 
 
 def test_pretraining_examples_label_only_retrieval_targets_on_generated_rows(source):
