@@ -66,12 +66,13 @@ def test_passkey_document_holds_the_evaluation_prompt_and_its_answer(source):
     assert document.input_ids[:question_end][-len(source.encode(QUESTION)):] == prompt.input_ids[-len(source.encode(QUESTION)):]
 
 
+@pytest.mark.parametrize("body", ["text", "words", "tokens"])
 @pytest.mark.parametrize("threshold", [32, 128])
-def test_repeat_mask_marks_exactly_the_long_range_copies(source, threshold):
+def test_repeat_mask_marks_exactly_the_long_range_copies(source, threshold, body):
     rng = random.Random(1)
     seen_long = seen_short = 0
     for _ in range(20):
-        document = lr.repeat_document(source, 512, rng, threshold=threshold)
+        document = lr.repeat_document(source, 512, rng, threshold=threshold, body=body)
         assert document.copies
         expected = [False] * 512
         for a, b, size in document.copies:
@@ -85,6 +86,16 @@ def test_repeat_mask_marks_exactly_the_long_range_copies(source, threshold):
                 seen_short += 1
         assert document.long_range_mask == expected
     assert seen_long and seen_short
+
+
+def test_random_token_bodies_use_the_whole_plain_vocabulary_and_no_special_token(source):
+    document = lr.repeat_document(source, 512, random.Random(3), threshold=64, body="tokens")
+    special = set(source.tokenizer.all_special_ids)
+    body = document.input_ids[1:] if document.input_ids[0] == source.tokenizer.bos_token_id else document.input_ids
+    assert not special & set(body)
+    assert len(set(body)) > 300  # 512 draws from ~1000 ids: far more distinct ids than a text or word salad holds
+    with pytest.raises(ValueError, match="body must be"):
+        lr.repeat_document(source, 512, random.Random(3), threshold=64, body="digits")
 
 
 def test_evaluation_repeats_are_all_long_range(source):

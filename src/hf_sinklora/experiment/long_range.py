@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
 GENERATOR_VERSION = 5
-KINDS = ("text", "passkey", "repeat", "words", "kv")
+KINDS = ("text", "passkey", "repeat", "words", "tokens", "kv")
 PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.3, "passkey": 0.35, "repeat": 0.2, "kv": 0.15}
 FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "repeat": 0.2, "words": 0.2, "kv": 0.4}
 KV_DEFINITION = "{name}'s number is {value}."
@@ -104,6 +104,8 @@ class TextSource:
         words = {w.lower() for text in texts for w in re.findall(r"\b[A-Za-z]{4,9}\b", text[:200_000])}
         self.names = sorted(words) or ["alpha", "bravo", "delta", "gamma", "kappa", "omega", "sigma", "theta"]
         self._cache: dict[str, list[int]] = {}
+        special = set(tokenizer.all_special_ids)
+        self._plain_ids = [i for i in range(len(tokenizer)) if i not in special]
         self.word_ids = tokenizer([" " + w for w in self.names], add_special_tokens=False)["input_ids"]
 
     def words(self, rng: random.Random, count: int) -> list[int]:
@@ -122,6 +124,12 @@ class TextSource:
     def decode(self, token_id: int) -> str:
         """The text of one token."""
         return self.tokenizer.decode([token_id])
+
+    def random_tokens(self, rng: random.Random, count: int) -> list[int]:
+        """``count`` token ids drawn uniformly from the vocabulary, special tokens left out: a
+        sequence whose repeats can be predicted by copying only (no language prior, and almost
+        no token repeated by chance, so the copy a token starts is unambiguous)."""
+        return [rng.choice(self._plain_ids) for _ in range(count)]
 
     def span(self, rng: random.Random, count: int) -> list[int]:
         """``count`` consecutive tokens of the stream from a random start (wrapping around)."""
@@ -216,6 +224,7 @@ def repeat_document(
     passage_tokens: tuple[int, int] = (12, 32),
     min_distance: int | None = None,
     words: bool = False,
+    body: str | None = None,
 ) -> LongRangeDocument:
     """Natural text whose later passages repeat earlier ones verbatim.
 
@@ -231,7 +240,10 @@ def repeat_document(
         repeats: passages to repeat; None: ``max(1, length // 64)`` (fewer when they do not fit).
         min_distance: smallest distance (default ``P``).
         words: the text is a salad of random words instead of natural text, so a copy can
-            only be predicted by looking back (no language prior to lean on).
+            only be predicted by looking back (no language prior to lean on); same as ``body="words"``.
+        body: what the document is made of: ``"text"`` (natural text, the default), ``"words"``
+            (a random-word salad) or ``"tokens"`` (uniformly random tokens: every copied token is
+            unambiguous, which is what makes a small model learn to copy within a few hundred steps).
 
     Returns:
         A document whose ``copies`` hold ``(a, b, size)`` and ``answers`` ``("distance", d)`` per repeat.
@@ -239,7 +251,10 @@ def repeat_document(
     low, high = passage_tokens
     if not 1 <= low <= high or 2 * high + 2 > length:
         raise ValueError(f"passage_tokens {passage_tokens} do not fit twice in {length} tokens")
-    body = source.words if words else source.span
+    body = body or ("words" if words else "text")
+    if body not in ("text", "words", "tokens"):
+        raise ValueError(f"body must be 'text', 'words' or 'tokens', got {body!r}")
+    body = {"text": source.span, "words": source.words, "tokens": source.random_tokens}[body]
     ids = _bos(source.tokenizer) + body(rng, length - len(_bos(source.tokenizer)))
     start = len(_bos(source.tokenizer))
     mask = [False] * length
@@ -364,7 +379,8 @@ def mixture_examples(
     """``num_rows`` shuffled examples of exactly ``length`` tokens, kinds in proportion to ``mixture``.
 
     ``"text"`` rows are windows of the source stream starting at ``<s>`` at random offsets;
-    ``"repeat"`` rows repeat passages of natural text, ``"words"`` rows of a random-word salad;
+    ``"repeat"`` rows repeat passages of natural text, ``"words"`` rows of a random-word salad,
+    ``"tokens"`` rows of uniformly random tokens;
     the others come from the generators above (``threshold``, default ``length // 4``, only
     shapes their long-range masks, which training ignores).
 
@@ -387,8 +403,9 @@ def mixture_examples(
                 continue
             if kind == "passkey":
                 document = passkey_document(source, length, rng)
-            elif kind in ("repeat", "words"):
-                document = repeat_document(source, length, rng, threshold=threshold, words=kind == "words")
+            elif kind in ("repeat", "words", "tokens"):
+                body = "text" if kind == "repeat" else kind
+                document = repeat_document(source, length, rng, threshold=threshold, body=body)
             else:
                 document = kv_document(source, length, rng, threshold=threshold)
             labels = [t if keep else -100 for t, keep in zip(document.input_ids, document.target_mask)]
