@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import datasets
 import pytest
@@ -226,3 +227,14 @@ def test_eval_ppl_missing_data_file_is_named(checkpoint, tmp_path, capsys):
         main(["eval-ppl", "--model", str(checkpoint / "base"), "--data", "nofile.txt", "--lengths", "32",
               "--output", str(tmp_path / "o.json")])
     assert "dataset path nofile.txt does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval-ppl", "passkey", "eval-h2o"])
+def test_help_states_each_default_once(command, capsys):
+    from hf_sinklora.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "weights dtype (default: auto)" in text
+    assert not re.search(r"\(default: [^)]*\) \(default:", text)

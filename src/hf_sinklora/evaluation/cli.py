@@ -172,8 +172,10 @@ def _run_eval_h2o(args: argparse.Namespace) -> int:
 
 def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Adds ``eval-ppl`` and ``passkey`` to the ``hf-sinklora`` sub-command parsers."""
+    # these help texts say their own defaults: the HfArgumentParser default formatter would repeat them
+    plain = {"formatter_class": argparse.HelpFormatter}
     ppl = subparsers.add_parser(
-        "eval-ppl", help="perplexity at several context lengths (sliding windows, each token scored once)"
+        "eval-ppl", **plain, help="perplexity at several context lengths (sliding windows, each token scored once)"
     )
     _add_model_arguments(ppl)
     ppl.add_argument("--data", required=True, nargs="+",
@@ -192,7 +194,7 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     ppl.add_argument("--output", required=True, help="JSON file to write")
     ppl.set_defaults(handler=_run_eval_ppl)
 
-    passkey = subparsers.add_parser("passkey", help="passkey retrieval accuracy by prompt length and key depth")
+    passkey = subparsers.add_parser("passkey", **plain, help="passkey retrieval accuracy by prompt length and key depth")
     _add_model_arguments(passkey)
     passkey.add_argument("--lengths", required=True, type=_int_list, help="prompt lengths in tokens, e.g. 1024,4096")
     passkey.add_argument("--depths", type=_float_list, default=[0.0, 0.25, 0.5, 0.75, 1.0],
@@ -214,7 +216,7 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     passkey.set_defaults(handler=_run_passkey)
 
     h2o = subparsers.add_parser(
-        "eval-h2o", help="perplexity of text streamed through H2OCache (and StreamingLLM / recent) at several budgets"
+        "eval-h2o", **plain, help="perplexity of text streamed through H2OCache (and StreamingLLM / recent) at several budgets"
     )
     _add_model_arguments(h2o)
     h2o.add_argument("--data", required=True, nargs="+",
