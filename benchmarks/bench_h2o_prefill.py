@@ -6,7 +6,14 @@ alternation, ``--repeats`` times each: ``sdpa`` (stock attention, ``DynamicCache
 (the same in forwards of ``--chunk`` tokens, what ``generate(prefill_chunk_size=...)`` does).
 Reported: median seconds with min/max, and each median's ratio to ``sdpa``'s.
 
+``--memory`` measures peak memory instead: each (contender, n) prefill runs ``--repeats`` times,
+each in a fresh Python process (so no allocator cache or earlier run leaks into the figure); the
+process builds the model, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), prefills,
+and reports ``VmHWM`` minus the RSS just before the prefill: the memory the prefill itself took
+at its peak (activations, scores, the cache). Written to ``bench_h2o_prefill_memory_<device>``.
+
     .venv/bin/python benchmarks/bench_h2o_prefill.py --lengths 8192 16384
+    .venv/bin/python benchmarks/bench_h2o_prefill.py --lengths 8192 16384 --memory --repeats 3
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import argparse
 import json
 import logging
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +76,68 @@ def measure(n: int, budget: float, chunk: int, repeats: int, device: str) -> dic
     return {"n": n, "budget_tokens": tokens, "seconds": seconds, "median_s": medians, "ratio_to_sdpa": ratios}
 
 
+def _proc_status_kib(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} (peak-RSS measurement needs Linux)")
+
+
+def child_peak_rss(contender: str, n: int, budget: float, chunk: int) -> dict[str, float]:
+    """In a fresh process: one prefill of ``contender``; MiB of peak RSS above the RSS before it."""
+    config = default_config(n)
+    torch.manual_seed(0)
+    attention = "sdpa" if contender == "sdpa" else "sf_attention"
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attention).eval()
+    ids = torch.randint(0, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(1))
+    fresh = (lambda: DynamicCache(config=config)) if contender == "sdpa" else (lambda: H2OCache(round(budget * n)))
+    prefill_seconds(model, ids[:, :64], fresh(), None, "cpu")  # one-time set-up (threads, kernels) off the figure
+    cache = fresh()
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = _proc_status_kib("VmRSS")
+    prefill_seconds(model, ids, cache, chunk if contender == "h2o-chunked" else None, "cpu")
+    return {"peak_extra_mib": (_proc_status_kib("VmHWM") - before) / 1024, "rss_before_mib": before / 1024}
+
+
+def measure_memory(n: int, budget: float, chunk: int, repeats: int) -> dict[str, Any]:
+    """``repeats`` fresh-process peak-RSS runs per contender (alternating), medians and ratios to sdpa."""
+    runs: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    for _ in range(repeats):
+        for name in CONTENDERS:
+            out = subprocess.run([sys.executable, __file__, "--child", name, "--lengths", str(n), "--budget", str(budget),
+                                  "--chunk", str(chunk)], check=True, capture_output=True, text=True)
+            runs[name].append(json.loads(out.stdout.strip().splitlines()[-1])["peak_extra_mib"])
+    medians = {name: statistics.median(values) for name, values in runs.items()}
+    ratios = {name: medians[name] / medians["sdpa"] for name in CONTENDERS}
+    logger.info("n=%d peak extra MiB: %s", n, ", ".join(f"{k} {medians[k]:.0f} ({ratios[k]:.2f}x)" for k in CONTENDERS))
+    return {"n": n, "budget_tokens": round(budget * n), "peak_extra_mib": runs, "median_mib": medians,
+            "ratio_to_sdpa": ratios}
+
+
+def plot_memory(document: dict[str, Any], path: Path) -> None:
+    """Peak extra RSS per contender and n (bars: median, whiskers: min..max over fresh processes)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
+    rows = document["rows"]
+    width = 0.8 / len(CONTENDERS)
+    for index, name in enumerate(CONTENDERS):
+        xs = [i + index * width for i in range(len(rows))]
+        medians = [row["median_mib"][name] for row in rows]
+        low = [m - min(row["peak_extra_mib"][name]) for m, row in zip(medians, rows)]
+        high = [max(row["peak_extra_mib"][name]) - m for m, row in zip(medians, rows)]
+        axis.bar(xs, medians, width, yerr=[low, high], capsize=3, label=name, color=f"C{index}")
+    axis.set_xticks([i + width for i in range(len(rows))], [str(row["n"]) for row in rows])
+    axis.set(xlabel="prompt tokens n", ylabel="peak RSS above the start of the prefill (MiB)", title=document["title"])
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
 def plot(document: dict[str, Any], path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -99,9 +170,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--memory", action="store_true", help="peak RSS per prefill, each run in a fresh process (CPU)")
+    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child_peak_rss(args.child, args.lengths[0], args.budget, args.chunk)))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     env = environment(args.device)
+    if args.memory:
+        if args.device != "cpu":
+            parser.error("--memory measures process RSS: CPU only (use --device cpu)")
+        document = {
+            "benchmark": "prefill peak memory: H2OCache (one forward, and chunked) vs SDPA + DynamicCache, same model",
+            "title": f"H2O prefill peak memory vs SDPA ({env['device_name']}, fresh process per run)",
+            "environment": env,
+            "settings": vars(args) | {"output_dir": str(args.output_dir)},
+            "rows": [measure_memory(n, args.budget, args.chunk, args.repeats) for n in args.lengths],
+        }
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        stem = args.output_dir / "bench_h2o_prefill_memory_cpu"
+        stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+        plot_memory(document, stem.with_suffix(".png"))
+        return
     document = {
         "benchmark": "prefill time: H2OCache (one forward, and chunked) vs SDPA + DynamicCache, same model",
         "title": f"H2O prefill vs SDPA ({env['device_name']}, {args.device})",

@@ -60,7 +60,11 @@ def scored_attention(
 
     chunk = max(1, chunk_elements // max(1, batch * num_heads * num_slots))
     key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=softmax_dtype, device=query.device)
-    outputs = []
+    out = query.new_empty(batch, num_kv_heads, group, num_queries, head_dim)
+    # one score buffer for every chunk: chunks differ in width (slots past the chunk's last query are
+    # skipped), and scores allocated afresh in growing sizes fragment the CPU heap (a one-shot 8k
+    # prefill held 4x its live memory); matmul writes into it and the softmax runs in place
+    scores = query.new_empty(batch * num_heads * min(chunk, num_queries) * num_slots, dtype=softmax_dtype)
     for start in range(0, num_queries, chunk):
         pos = query_pos[start : start + chunk, None]  # (c, 1)
         size = pos.shape[0]
@@ -85,19 +89,24 @@ def scored_attention(
             if queries_real is not None:
                 hidden = (hidden | ~queries_real[:, :, start : start + size]) & (kpos != pos)  # a pad query sees itself
         q = grouped[:, :, :, start : start + size].reshape(batch, num_kv_heads, group * size, head_dim)
-        logits = torch.matmul(q * scale, keys[:, :, :width].transpose(-1, -2)).to(softmax_dtype)
+        logits = scores[: batch * num_heads * size * width].view(batch, num_kv_heads, group * size, width)
+        if softmax_dtype == query.dtype:
+            torch.matmul(q * scale, keys[:, :, :width].transpose(-1, -2), out=logits)
+        else:
+            logits.copy_(torch.matmul(q * scale, keys[:, :, :width].transpose(-1, -2)))
         logits = logits.view(batch, num_kv_heads, group, size, width)
         if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
+            logits.div_(softcap).tanh_().mul_(softcap)
         if hidden is not None:
             logits[..., first:].masked_fill_(hidden[:, :, None], float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
+        # softmax in place (every query sees at least itself, so no row is all -inf)
+        logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+        probs = logits.div_(logits.sum(dim=-1, keepdim=True))
         key_mass[..., :width] += probs.sum(dim=(2, 3))
-        out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, width), values[:, :, :width])
-        outputs.append(out.view(batch, num_kv_heads, group, size, head_dim))
+        chunk_out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, width), values[:, :, :width])
+        out[:, :, :, start : start + size] = chunk_out.view(batch, num_kv_heads, group, size, head_dim)
     if group > 1:
         key_mass = key_mass / group
-    out = torch.cat(outputs, dim=3) if len(outputs) > 1 else outputs[0]
     return out.reshape(batch, num_heads, num_queries, head_dim).transpose(1, 2), key_mass.float()
 
 
