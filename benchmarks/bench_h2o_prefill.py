@@ -19,6 +19,7 @@ at its peak (activations, scores, the cache). Written to ``bench_h2o_prefill_mem
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import statistics
@@ -54,8 +55,12 @@ def prefill_seconds(model: Any, ids: torch.Tensor, cache: Any, chunk: int | None
 def measure(n: int, budget: float, chunk: int, repeats: int, device: str) -> dict[str, Any]:
     config = default_config(n)
     torch.manual_seed(0)
-    sdpa = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").to(device).eval()
-    sf = AutoModelForCausalLM.from_config(config, attn_implementation="sf_attention").to(device).eval()
+    # each model its own config: from_config keeps the object it is given, and the second call would
+    # switch the first model's attention too (the baseline then ran sf_attention, not stock SDPA)
+    sdpa = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").to(device).eval()
+    sf = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sf_attention").to(device).eval()
+    if sdpa.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"the baseline runs {sdpa.config._attn_implementation}, not sdpa")
     sf.load_state_dict(sdpa.state_dict())
     ids = torch.randint(0, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(1)).to(device)
     tokens = round(budget * n)

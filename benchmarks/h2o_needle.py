@@ -116,6 +116,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prefill-chunk-size", type=int, default=16, help="prompt tokens per forward into an evicting cache")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--name", default="h2o_needle", help="stem of the JSON and PNG")
+    parser.add_argument("--note", default=None, help="where the model comes from, recorded in the JSON")
     args = parser.parse_args(argv)
     if sorted(set(args.policies) - set(POLICIES)) or not args.policies:
         parser.error(f"--policies must come from {list(POLICIES)}, got {args.policies}")
@@ -140,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": [Path(sys.executable).name, *sys.argv],
         "environment": environment(str(next(model.parameters()).device)),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model_note": args.note,
         "model_recipe": json.loads(recipe_file.read_text()) if recipe_file.exists() else None,
         "results": sweep(model, tokenizer, args),
     }

@@ -26,7 +26,7 @@ def scored_attention(
     queries_real: torch.Tensor | None = None,
     sliding_window: int | None = None,
     softcap: float | None = None,
-    chunk_elements: int = SCORE_CHUNK_ELEMENTS,
+    chunk_elements: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the step's queries over every slot of ``layer``.
 
@@ -38,7 +38,7 @@ def scored_attention(
             (their output is unused and they give no score); None when all are real.
         sliding_window: keys ``window`` or more positions back are hidden.
         softcap: Gemma2-style ``tanh`` logit soft-capping.
-        chunk_elements: bound on the scores held at once.
+        chunk_elements: bound on the scores held at once (default :data:`SCORE_CHUNK_ELEMENTS`).
 
     Returns:
         ``out (B, q, Hq, D)`` and ``key_mass (B, Hkv, slots)`` float32: each slot's probability
@@ -58,7 +58,7 @@ def scored_attention(
     softmax_dtype = torch.promote_types(query.dtype, torch.float32)
     slot_index = torch.arange(num_slots, device=query.device)
 
-    chunk = max(1, chunk_elements // max(1, batch * num_heads * num_slots))
+    chunk = max(1, (chunk_elements or SCORE_CHUNK_ELEMENTS) // max(1, batch * num_heads * num_slots))
     key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=softmax_dtype, device=query.device)
     out = query.new_empty(batch, num_kv_heads, group, num_queries, head_dim)
     # one score buffer for every chunk: chunks differ in width (slots past the chunk's last query are
