@@ -223,8 +223,7 @@ def repeat_document(
     repeats: int | None = None,
     passage_tokens: tuple[int, int] = (12, 32),
     min_distance: int | None = None,
-    words: bool = False,
-    body: str | None = None,
+    body: str = "text",
 ) -> LongRangeDocument:
     """Natural text whose later passages repeat earlier ones verbatim.
 
@@ -239,11 +238,10 @@ def repeat_document(
         threshold: the distance beyond which a copy counts as long range (e.g. the base ``L``).
         repeats: passages to repeat; None: ``max(1, length // 64)`` (fewer when they do not fit).
         min_distance: smallest distance (default ``P``).
-        words: the text is a salad of random words instead of natural text, so a copy can
-            only be predicted by looking back (no language prior to lean on); same as ``body="words"``.
-        body: what the document is made of: ``"text"`` (natural text, the default), ``"words"``
-            (a random-word salad) or ``"tokens"`` (uniformly random tokens: every copied token is
-            unambiguous, which is what makes a small model learn to copy within a few hundred steps).
+        body: what the document is made of: ``"text"`` (natural text), ``"words"`` (a salad of
+            random words, so a copy can only be predicted by looking back: no language prior to
+            lean on) or ``"tokens"`` (uniformly random tokens: no token repeats by chance either,
+            so the copy a token starts is unambiguous).
 
     Returns:
         A document whose ``copies`` hold ``(a, b, size)`` and ``answers`` ``("distance", d)`` per repeat.
@@ -251,11 +249,10 @@ def repeat_document(
     low, high = passage_tokens
     if not 1 <= low <= high or 2 * high + 2 > length:
         raise ValueError(f"passage_tokens {passage_tokens} do not fit twice in {length} tokens")
-    body = body or ("words" if words else "text")
     if body not in ("text", "words", "tokens"):
         raise ValueError(f"body must be 'text', 'words' or 'tokens', got {body!r}")
-    body = {"text": source.span, "words": source.words, "tokens": source.random_tokens}[body]
-    ids = _bos(source.tokenizer) + body(rng, length - len(_bos(source.tokenizer)))
+    draw = {"text": source.span, "words": source.words, "tokens": source.random_tokens}[body]
+    ids = _bos(source.tokenizer) + draw(rng, length - len(_bos(source.tokenizer)))
     start = len(_bos(source.tokenizer))
     mask = [False] * length
     used: list[tuple[int, int]] = []
