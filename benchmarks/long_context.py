@@ -70,6 +70,7 @@ forward) ~5-10 min. About 30 min in all, ~25 min with the base cached. ``--quick
 
     PYTHONPATH=src .venv/bin/python benchmarks/long_context.py
     PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --quick
+    PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --base-model PATH --base-context 128   # a base trained elsewhere
     PYTHONPATH=src .venv/bin/python benchmarks/long_context.py --methods full,sf --seeds 0 --h2o-models full,sf
 """
 
@@ -618,7 +619,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     L, target = args.base_context, args.factor * args.base_context
     train_texts, eval_texts = read_books(args)
     recipe = base_recipe(args)
-    base_path, was_cached = cached_base_model(train_texts, recipe, args.cache_dir)
+    if args.base_model:
+        base_path, was_cached = given_base(args), None
+    else:
+        base_path, was_cached = cached_base_model(train_texts, recipe, args.cache_dir)
     timings["pretrain_s"] = time.perf_counter() - started
     logger.info("base %s (%s)", base_path, "cached" if was_cached else "pretrained now")
     tokenizer = AutoTokenizer.from_pretrained(base_path)
@@ -687,12 +691,32 @@ def run_dir(args: argparse.Namespace, method: str, seed: int) -> Path:
     return args.work_dir / f"{method}-seed{seed}"
 
 
-def base_record(base_path: Path, was_cached: bool) -> dict[str, Any]:
-    """Path, cache hit, parameter count and pretraining losses of the base."""
-    recipe_file = json.loads((base_path / "base_model_recipe.json").read_text())
+def given_base(args: argparse.Namespace) -> Path:
+    """``--base-model``, checked: its RoPE must be unscaled with ``max_position_embeddings`` equal to
+    ``--base-context`` (L is the length the base was pretrained at: the benchmark extends it x factor).
+
+    Raises:
+        ValueError: the checkpoint's length differs from ``--base-context``, or it is already scaled.
+    """
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(args.base_model).get_text_config()
+    rope = getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", "default") != "default" or config.max_position_embeddings != args.base_context:
+        raise ValueError(
+            f"--base-model {args.base_model} must be an unscaled base pretrained at --base-context={args.base_context} "
+            f"tokens; it has max_position_embeddings={config.max_position_embeddings} and rope {rope}")
+    return Path(args.base_model)
+
+
+def base_record(base_path: Path, was_cached: bool | None) -> dict[str, Any]:
+    """Path, cache hit (None for ``--base-model``), parameter count and pretraining losses of the base
+    (None when it was not trained by ``BaseModelRecipe``)."""
+    recipe_path = base_path / "base_model_recipe.json"
+    recipe_file = json.loads(recipe_path.read_text()) if recipe_path.exists() else {}
     parameters = sum(p.numel() for p in load_model(base_path).parameters())
     return {"path": str(base_path), "cached": was_cached, "parameters": parameters,
-            "pretraining_losses": recipe_file.get("losses")}
+            "pretraining_losses": recipe_file.get("losses"), "recipe": recipe_file or None}
 
 
 def write_outputs(document: dict[str, Any], args: argparse.Namespace) -> None:
@@ -779,6 +803,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                      help="tokens per forward through the cache: passkey prefill_chunk_size and perplexity streaming")
     out = parser.add_argument_group("runs and outputs")
     out.add_argument("--quick", action="store_true", help="tiny sizes and a few steps (~10-20 s): a smoke test")
+    out.add_argument("--base-model", default=None,
+                     help="a base checkpoint (path) pretrained at --base-context to use instead of pretraining "
+                          "one from the base flags (which are then ignored)")
     out.add_argument("--cache-dir", type=Path, default=None, help="base-model cache (default ~/.cache/hf_sinklora/base_models)")
     out.add_argument("--work-dir", type=Path, default=Path("runs/long_context"), help="adapters go here")
     out.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
@@ -795,6 +822,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """``parser.error`` on methods, seeds, sweep settings or a fine-tuning mixture that cannot run."""
+    if args.base_model and args.text_only_reference:
+        parser.error("--text-only-reference pretrains from the base flags, which --base-model replaces: use one")
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown or "full" not in args.methods:
         parser.error(f"--methods must include full and come from {list(METHODS)}; unknown {unknown}")

@@ -86,3 +86,28 @@ def test_quick_mode_end_to_end(tmp_path):
     assert {"base_min_depth_at_L", "interpolated_at_4L", "full_at_4L", "sf_within_5_points_of_full",
             "sf_ahead_of_s2", "sf_ahead_of_longlora", "met"} <= set(goal)
     assert isinstance(goal["met"], bool)
+
+
+def test_a_given_base_must_be_unscaled_and_pretrained_at_the_base_context(recipe_workspace):
+    import argparse
+
+    base = str(recipe_workspace["base"])  # a tiny Llama with 64 positions, plain RoPE
+    assert long_context.given_base(argparse.Namespace(base_model=base, base_context=64)) == Path(base)
+    with pytest.raises(ValueError, match="--base-context=128"):
+        long_context.given_base(argparse.Namespace(base_model=base, base_context=128))
+    with pytest.raises(SystemExit):
+        long_context.parse_args(["--base-model", base, "--base-context", "64", "--text-only-reference"])
+
+
+def test_an_interpolated_checkpoint_is_not_a_base(recipe_workspace, tmp_path):
+    import argparse
+
+    from transformers import AutoConfig
+
+    from hf_sinklora import extend_context
+
+    config = AutoConfig.from_pretrained(recipe_workspace["base"])
+    extend_context(config, 256)  # x4, max_position_embeddings 256
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="unscaled"):
+        long_context.given_base(argparse.Namespace(base_model=str(tmp_path), base_context=256))
