@@ -458,11 +458,8 @@ def finetuning_rows(
     Raises:
         ValueError: the mixture gives passkey documents a weight.
     """
-    mixture = dict(mixture or FINETUNING_MIXTURE)
-    if mixture.get("passkey", 0) > 0:
-        raise ValueError("fine-tuning rows never hold passkey prompts (retrieval must come from the base)")
-    mixture.pop("passkey", None)
-    return mixture_rows(source, length, num_rows, mixture, seed=seed, threshold=threshold)
+    examples = finetuning_examples(source, length, num_rows, mixture, seed=seed, threshold=threshold)
+    return [e["input_ids"] for e in examples]
 
 
 def finetuning_examples(
