@@ -525,6 +525,7 @@ def base_recipe(args: argparse.Namespace) -> BaseModelRecipe:
         batch_size=args.pretrain_batch, learning_rate=args.pretrain_lr, seed=args.base_seed,
         individual_digits=True, add_bos=not args.no_bos, mixture=tuple(args.pretrain_mixture.items()),
         warmup_steps=args.warmup_steps, max_grad_norm=1.0, loss=args.loss,
+        induction_steps=args.induction_steps, induction_learning_rate=args.induction_lr,
     )
 
 
@@ -762,6 +763,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     base.add_argument("--intermediate-size", type=int, default=512)
     base.add_argument("--layers", type=int, default=2)
     base.add_argument("--heads", type=int, default=4)
+    base.add_argument("--induction-steps", type=int, default=0,
+                      help="first pretraining phase: steps on random-token repeats (copying forms there); 0: none")
+    base.add_argument("--induction-lr", type=float, default=2e-3, help="constant learning rate of that phase")
     base.add_argument("--pretrain-steps", type=int, default=1500)
     base.add_argument("--pretrain-batch", type=int, default=16)
     base.add_argument("--pretrain-lr", type=float, default=2e-3)

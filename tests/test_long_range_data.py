@@ -143,12 +143,55 @@ def test_mixtures_are_exact_deterministic_and_finetuning_has_no_passkey(source):
 def test_recipe_defaults_keep_the_old_cache_key():
     old = BaseModelRecipe(steps=600, context_length=256)
     assert recipe_key_fields(old) == {k: v for k, v in asdict(old).items()
-                                     if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm", "loss", "add_bos")}
+                                     if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm", "loss", "add_bos",
+                                                  "induction_steps", "induction_learning_rate")}
     new = BaseModelRecipe(individual_digits=True, mixture={"text": 1, "kv": 1}.items(), warmup_steps=100)
     assert new.mixture == (("kv", 1.0), ("text", 1.0)) and new.warmup == 100 and old.warmup == 30
     assert _cache_key([], new) != _cache_key([], BaseModelRecipe())
     with pytest.raises(ValueError):
         BaseModelRecipe(mixture=(("nope", 1.0),))
+    # the induction phase's rate is part of the key only when the phase runs
+    assert _cache_key([], BaseModelRecipe(induction_learning_rate=1e-3)) == _cache_key([], BaseModelRecipe())
+    two_phase = BaseModelRecipe(induction_steps=10)
+    assert _cache_key([], two_phase) != _cache_key([], BaseModelRecipe())
+    assert _cache_key([], two_phase) != _cache_key([], BaseModelRecipe(induction_steps=10, induction_learning_rate=1e-3))
+    for bad in ({"induction_steps": -1}, {"induction_steps": 1.5}, {"induction_learning_rate": 0.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            BaseModelRecipe(**bad)
+
+
+def test_two_phase_pretraining_starts_on_random_token_repeats(tmp_path, monkeypatch):
+    """Phase 1 trains on random-token rows scored on their copies only, at a constant rate; phase 2
+    on the mixture with the cosine schedule; the same model goes through both and the recipe file
+    keeps both loss curves."""
+    from hf_sinklora.experiment import base_model
+
+    phases = []
+    real_phase = base_model._train_phase
+
+    def record(model, tokenizer, recipe, output_dir, **kwargs):
+        phases.append({**kwargs, "model": model})
+        return real_phase(model, tokenizer, recipe, output_dir, **kwargs)
+
+    monkeypatch.setattr(base_model, "_train_phase", record)
+    texts = load_texts(stdlib_source_files(limit=6))
+    recipe = BaseModelRecipe(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                             context_length=128, steps=2, batch_size=2, individual_digits=True,
+                             mixture={"text": 1.0, "kv": 1.0}.items(), loss="rows", induction_steps=3,
+                             induction_learning_rate=5e-3)
+    path = base_model.pretrain_base_model(texts, recipe, tmp_path / "base")
+    first, second = phases
+    assert first["model"] is second["model"]
+    assert (first["steps"], first["learning_rate"], first["scheduler"], first["warmup"]) == (3, 5e-3, "constant", 0)
+    assert (second["steps"], second["learning_rate"], second["scheduler"]) == (2, recipe.learning_rate, "cosine")
+    assert len(first["rows"]) == 6 and len(second["rows"]) == 4
+    for ids, labels in zip(first["rows"], first["labels"]):
+        scored = [t for t, label in enumerate(labels) if label != -100]
+        assert scored and len(scored) < len(ids) // 2  # copies only
+        assert all(labels[t] == ids[t] for t in scored)
+        assert any(ids[t] == ids[u] for t in scored for u in range(t))  # a scored token occurs earlier
+    written = __import__("json").loads((path / base_model.RECIPE_FILE).read_text())
+    assert written["induction_steps"] == 3 and len(written["induction_losses"]) == 3 and len(written["losses"]) == 2
 
 
 def test_pretraining_examples_label_only_retrieval_targets_on_generated_rows(source):

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import datasets
 import torch
@@ -63,6 +64,12 @@ class BaseModelRecipe:
     warmup_steps: int | None = None
     max_grad_norm: float = 1.0
     loss: str = "tokens"
+    # A first phase before the one above: ``induction_steps`` steps on rows of uniformly random
+    # tokens with repeated passages (mixture kind "tokens"), scored on the copied tokens only, at
+    # a constant ``induction_learning_rate``. Copying by content (induction heads) forms there after
+    # a plateau, and that mechanism, unlike a position-bound one, survives RoPE interpolation.
+    induction_steps: int = 0
+    induction_learning_rate: float = 2e-3
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -80,6 +87,10 @@ class BaseModelRecipe:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.loss == "rows" and not self.mixture:
             raise ValueError('loss="rows" needs a mixture (text-only rows have no retrieval targets)')
+        if not isinstance(self.induction_steps, int) or self.induction_steps < 0:
+            raise ValueError(f"induction_steps must be an int >= 0, got {self.induction_steps!r}")
+        if not self.induction_learning_rate > 0:
+            raise ValueError(f"induction_learning_rate must be > 0, got {self.induction_learning_rate!r}")
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0, got {self.max_grad_norm!r}")
         if self.mixture:
@@ -97,7 +108,7 @@ class BaseModelRecipe:
 
 
 _ADDED_DEFAULTS = {"individual_digits": False, "add_bos": False, "mixture": (), "warmup_steps": None, "max_grad_norm": 1.0,
-                   "loss": "tokens"}
+                   "loss": "tokens", "induction_steps": 0, "induction_learning_rate": 2e-3}
 
 
 class RowMeanLossTrainer(Trainer):
@@ -124,7 +135,9 @@ def recipe_key_fields(recipe: BaseModelRecipe) -> dict:
     long-range generators' version (their rows are part of what was trained)."""
     values = asdict(recipe)
     key = {k: v for k, v in values.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
-    if recipe.mixture:
+    if not recipe.induction_steps:  # the rate of a phase that does not run is not part of the model
+        key.pop("induction_learning_rate", None)
+    if recipe.mixture or recipe.induction_steps:
         from .long_range import GENERATOR_VERSION
 
         key["generator_version"] = GENERATOR_VERSION
@@ -145,6 +158,34 @@ def _cache_key(texts: list[str], recipe: BaseModelRecipe) -> str:
     return digest.hexdigest()[:16]
 
 
+def _train_phase(model: Any, tokenizer: Any, recipe: BaseModelRecipe, output_dir: Path, *, rows: list[list[int]],
+                 labels: list[list[int]] | None, steps: int, learning_rate: float, scheduler: str, warmup: int) -> list[float]:
+    """``steps`` steps of the stock ``Trainer`` (or :class:`RowMeanLossTrainer` with ``labels``) on ``rows``.
+
+    Returns:
+        The logged training losses.
+    """
+    args = TrainingArguments(
+        output_dir=str(output_dir / "trainer"), max_steps=steps, per_device_train_batch_size=recipe.batch_size,
+        learning_rate=learning_rate, lr_scheduler_type=scheduler, warmup_steps=warmup,
+        max_grad_norm=recipe.max_grad_norm, weight_decay=0.01, logging_steps=max(1, steps // 10), save_strategy="no",
+        report_to="none", seed=recipe.seed, dataloader_pin_memory=torch.cuda.is_available(),
+    )
+    if labels is None:
+        trainer = Trainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
+            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        )
+    else:
+        trainer = RowMeanLossTrainer(
+            model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows, "labels": labels}),
+            data_collator=default_data_collator,
+        )
+    trainer.train()
+    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+    return [e["loss"] for e in trainer.state.log_history if "loss" in e]
+
+
 def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: str | Path) -> Path:
     """Trains the tokenizer and the model on ``texts``; saves both (and the recipe) to ``output_dir``.
 
@@ -155,19 +196,28 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
             (natural-text windows, varied-filler passkey prompts, repeated passages, key-value
             lists, in the mixture's proportions), each row seen once; with ``recipe.loss ==
             "rows"`` the generated rows score only their retrieval targets (:class:`RowMeanLossTrainer`).
+            With ``recipe.induction_steps``, a first phase trains on ``induction_steps *
+            batch_size`` random-token repeat rows (their copied tokens scored) at a constant
+            ``induction_learning_rate``.
 
     Returns:
         ``output_dir``, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
     """
     set_seed(recipe.seed)
+    output_dir = Path(output_dir)
     tokenizer = train_bpe_tokenizer(texts, recipe.vocab_size, individual_digits=recipe.individual_digits,
                                     add_bos=recipe.add_bos)
     labels = None
-    if recipe.mixture:
-        from .long_range import TextSource, pretraining_examples
+    source = None
+    if recipe.mixture or recipe.induction_steps:
+        from .long_range import TextSource
 
-        examples = pretraining_examples(TextSource(tokenizer, texts), recipe.context_length,
-                                        recipe.steps * recipe.batch_size, dict(recipe.mixture), seed=recipe.seed)
+        source = TextSource(tokenizer, texts)
+    if recipe.mixture:
+        from .long_range import pretraining_examples
+
+        examples = pretraining_examples(source, recipe.context_length, recipe.steps * recipe.batch_size,
+                                        dict(recipe.mixture), seed=recipe.seed)
         rows = [e["input_ids"] for e in examples]
         labels = [e["labels"] for e in examples] if recipe.loss == "rows" else None
     else:
@@ -182,31 +232,24 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
         tie_word_embeddings=True,
     )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    output_dir = Path(output_dir)
+    record: dict[str, Any] = {}
+    if recipe.induction_steps:
+        from .long_range import mixture_examples
+
+        induction = mixture_examples(source, recipe.context_length, recipe.induction_steps * recipe.batch_size,
+                                     {"tokens": 1.0}, seed=recipe.seed + 1)
+        logger.info("induction phase: %d steps on random-token repeats", recipe.induction_steps)
+        record["induction_losses"] = _train_phase(
+            model, tokenizer, recipe, output_dir, rows=[e["input_ids"] for e in induction],
+            labels=[e["labels"] for e in induction], steps=recipe.induction_steps,
+            learning_rate=recipe.induction_learning_rate, scheduler="constant", warmup=0)
     logger.info("pretraining a %.2fM-parameter Llama on %d rows of %d tokens for %d steps",
                 model.num_parameters() / 1e6, len(rows), recipe.context_length, recipe.steps)
-    args = TrainingArguments(
-        output_dir=str(output_dir / "trainer"), max_steps=recipe.steps, per_device_train_batch_size=recipe.batch_size,
-        learning_rate=recipe.learning_rate, lr_scheduler_type="cosine", warmup_steps=recipe.warmup,
-        max_grad_norm=recipe.max_grad_norm, weight_decay=0.01, logging_steps=max(1, recipe.steps // 10), save_strategy="no", report_to="none",
-        seed=recipe.seed, dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    if labels is None:
-        trainer = Trainer(
-            model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows}),
-            data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-        )
-    else:
-        trainer = RowMeanLossTrainer(
-            model=model, args=args, train_dataset=datasets.Dataset.from_dict({"input_ids": rows, "labels": labels}),
-            data_collator=default_data_collator,
-        )
-    trainer.train()
-    shutil.rmtree(output_dir / "trainer", ignore_errors=True)
+    record["losses"] = _train_phase(model, tokenizer, recipe, output_dir, rows=rows, labels=labels, steps=recipe.steps,
+                                    learning_rate=recipe.learning_rate, scheduler="cosine", warmup=recipe.warmup)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    (output_dir / RECIPE_FILE).write_text(json.dumps({**asdict(recipe), "train_rows": len(rows), "losses": losses}, indent=2))
+    (output_dir / RECIPE_FILE).write_text(json.dumps({**asdict(recipe), "train_rows": len(rows), **record}, indent=2))
     return output_dir
 
 
