@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import json
 import logging
 import math
@@ -114,6 +115,8 @@ GUTENBERG = Path(__file__).resolve().parents[2] / "shared" / "data" / "gutenberg
 DEFAULT_TRAIN = [str(GUTENBERG / f) for f in ("moby_dick.txt", "jack_sheppard.txt", "pride_and_prejudice.txt")]
 DEFAULT_EVAL = [str(GUTENBERG / f) for f in ("news_from_nowhere.txt", "katrine.txt")]
 
+FINISHED_RUN_FILE = "long_context_run.json"
+"""Written into a fine-tuning run's folder when it ends: its settings, rows' hash and summary."""
 LONGLORA = "longlora"
 METHODS = ("full", "s2", "sf", LONGLORA)
 """Fine-tuning methods: the recipe's training attentions, and LongLoRA's eager S2 (benchmark-only)."""
@@ -149,6 +152,9 @@ def finetune(base_path: Path, examples: list[dict[str, list[int]]], method: str,
              output_dir: Path) -> dict[str, Any]:
     """One LoRA+ run of the recipe (``run_training``) on ``examples`` with ``method``'s training attention.
 
+    With ``--reuse-adapters``, a finished run in ``output_dir`` whose settings and training rows
+    are these is measured again instead of trained again (its summary is marked ``reused``).
+
     Returns:
         ``run_training``'s summary plus ``training_attention`` (the attention function trained
         through) and, for ``longlora``, ``longlora_training_calls`` (attention calls it served).
@@ -162,12 +168,21 @@ def finetune(base_path: Path, examples: list[dict[str, list[int]]], method: str,
     settings = TrainSettings(
         model=str(base_path), dataset="books + long-range documents", target_length=args.factor * args.base_context,
         output_dir=str(output_dir), attention=recipe_attention, max_steps=args.finetune_steps,
-        batch_size=args.finetune_batch, lr=args.finetune_lr, seed=seed, logging_steps=max(1, args.finetune_steps // 10),
+        batch_size=args.finetune_batch, lr=args.finetune_lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+        seed=seed, logging_steps=max(1, args.finetune_steps // 10),
         save_steps=0, gradient_checkpointing=False, disable_tqdm=True, overwrite=True,
     )
     columns = {"input_ids": [e["input_ids"] for e in examples]}
     if args.finetune_loss == "targets":
         columns["labels"] = [e["labels"] for e in examples]
+    fingerprint = {"settings": asdict(settings), "method": method,
+                   "rows_sha256": hashlib.sha256(json.dumps(columns).encode()).hexdigest()}
+    summary_path = output_dir / FINISHED_RUN_FILE
+    if args.reuse_adapters and summary_path.exists():
+        finished = json.loads(summary_path.read_text())
+        if finished.get("fingerprint") == fingerprint:
+            logger.info("reusing the finished run in %s", output_dir)
+            return {**finished["summary"], "reused": True}
     calls_before = longlora_eager_s2.training_calls
     callbacks = [LongLoRAAttention()] if method == LONGLORA else []
     summary = run_training(settings, train_dataset=Dataset.from_dict(columns), callbacks=callbacks)
@@ -176,6 +191,7 @@ def finetune(base_path: Path, examples: list[dict[str, list[int]]], method: str,
         summary["longlora_training_calls"] = longlora_eager_s2.training_calls - calls_before
         if not summary["longlora_training_calls"]:
             raise RuntimeError("the longlora run never went through longlora_eager_s2's attention")
+    summary_path.write_text(json.dumps({"fingerprint": fingerprint, "summary": summary}, indent=1))
     return summary
 
 
@@ -542,12 +558,13 @@ def text_only_reference(recipe: BaseModelRecipe, train_texts: list[str], eval_te
                         args: argparse.Namespace) -> dict[str, Any]:
     """The same base pretrained on text only: its held-out perplexity and passkey accuracy at ``L``."""
     L = args.base_context
-    text_only = BaseModelRecipe(**{**asdict(recipe), "mixture": (), "loss": "tokens"})
+    text_only = BaseModelRecipe(**{**asdict(recipe), "mixture": (), "loss": "tokens", "induction_steps": 0})
     path, cached = cached_base_model(train_texts, text_only, args.cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = load_model(path)
     documents = tokenize_documents(tokenizer, eval_texts, max_tokens=args.eval_tokens)
-    reference = {"path": str(path), "cached": cached, "recipe": "same as the base, mixture=() (text only)",
+    reference = {"path": str(path), "cached": cached,
+                 "recipe": "same as the base, mixture=() and no induction phase (text only)",
                  "held_out": {str(L): held_out_perplexity(model, tokenizer, documents, L)},
                  "passkey_at_L": passkey(model, tokenizer, [L], args)["per_length"][str(L)]}
     logger.info("text-only reference: %s", reference)
@@ -587,7 +604,7 @@ def finetune_and_measure(base_path: Path, tokenizer: Any, rows: list[dict[str, l
     model = load_model(trained["output_dir"])
     entry = measure(f"LoRA+ {method} seed {seed}", model, tokenizer, lengths_of(args), args, held_out,
                     [args.base_context, target], long_docs)
-    entry["training"] = {k: trained[k] for k in ("training_attention", "longlora_training_calls", "losses",
+    entry["training"] = {k: trained[k] for k in ("training_attention", "longlora_training_calls", "losses", "reused",
                                                  "trainable_parameters", "output_dir") if k in trained}
     entry["training"]["train_seconds"] = trained["seconds"]
     entry["seconds"] = round(time.perf_counter() - started, 1)
@@ -745,7 +762,7 @@ def _names(text: str) -> list[str]:
 
 
 QUICK = {"vocab_size": 1024, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "base_context": 128,
-         "pretrain_steps": 4, "pretrain_batch": 2, "finetune_steps": 2, "finetune_batch": 1, "trials": 1,
+         "pretrain_steps": 4, "induction_steps": 2, "pretrain_batch": 2, "lora_r": 4, "finetune_steps": 2, "finetune_batch": 1, "trials": 1,
          "depths": [0.0, 1.0], "eval_tokens": 1000, "long_range_docs": 2, "max_chars": 60_000, "seeds": [0, 1],
          "methods": list(METHODS), "h2o_budgets": [0.25], "h2o_chunk": 64}
 
@@ -758,15 +775,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     base.add_argument("--max-chars", type=int, default=0, help="keep the first N characters of each book (0: all)")
     base.add_argument("--base-context", type=int, default=128, help="pretraining context L")
     base.add_argument("--factor", type=int, default=4, help="extension factor: 4L means factor * L")
-    base.add_argument("--vocab-size", type=int, default=2048)
+    base.add_argument("--vocab-size", type=int, default=4096)
     base.add_argument("--hidden-size", type=int, default=128)
     base.add_argument("--intermediate-size", type=int, default=512)
     base.add_argument("--layers", type=int, default=2)
     base.add_argument("--heads", type=int, default=4)
-    base.add_argument("--induction-steps", type=int, default=0,
+    base.add_argument("--induction-steps", type=int, default=2600,
                       help="first pretraining phase: steps on random-token repeats (copying forms there); 0: none")
     base.add_argument("--induction-lr", type=float, default=2e-3, help="constant learning rate of that phase")
-    base.add_argument("--pretrain-steps", type=int, default=1500)
+    base.add_argument("--pretrain-steps", type=int, default=2500)
     base.add_argument("--pretrain-batch", type=int, default=16)
     base.add_argument("--pretrain-lr", type=float, default=2e-3)
     base.add_argument("--warmup-steps", type=int, default=100)
@@ -782,12 +799,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tune.add_argument("--methods", type=_names, default=list(METHODS), help=f"comma-separated, from {METHODS}; full needed")
     tune.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[0, 1, 2],
                       help="fine-tuning seeds: each draws its own rows and LoRA initialisation")
-    tune.add_argument("--finetune-steps", type=int, default=200)
+    tune.add_argument("--finetune-steps", type=int, default=800)
     tune.add_argument("--finetune-batch", type=int, default=4)
-    tune.add_argument("--finetune-lr", type=float, default=2e-3)
+    tune.add_argument("--finetune-lr", type=float, default=5e-3)
+    tune.add_argument("--lora-r", type=int, default=32, help="LoRA rank (alpha = 2 x rank)")
     tune.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),
                       help="kind=weight,... of text, repeat, words, kv (never passkey)")
-    tune.add_argument("--finetune-loss", choices=("tokens", "targets"), default="tokens",
+    tune.add_argument("--finetune-loss", choices=("tokens", "targets"), default="targets",
                       help="tokens: LM loss on every token; targets: generated rows score only "
                            "their retrieval targets (a labels column)")
     evaluation = parser.add_argument_group("evaluation")
@@ -810,6 +828,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     out.add_argument("--base-model", default=None,
                      help="a base checkpoint (path) pretrained at --base-context to use instead of pretraining "
                           "one from the base flags (which are then ignored)")
+    out.add_argument("--reuse-adapters", action="store_true",
+                     help="measure a finished fine-tuning run in --work-dir again instead of retraining it, when its "
+                          "settings and rows are the same (a benchmark stopped midway goes on where it was)")
     out.add_argument("--cache-dir", type=Path, default=None, help="base-model cache (default ~/.cache/hf_sinklora/base_models)")
     out.add_argument("--work-dir", type=Path, default=Path("runs/long_context"), help="adapters go here")
     out.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)

@@ -86,6 +86,16 @@ def test_quick_mode_end_to_end(tmp_path):
     assert {"base_min_depth_at_L", "interpolated_at_4L", "full_at_4L", "sf_within_5_points_of_full",
             "sf_ahead_of_s2", "sf_ahead_of_longlora", "met"} <= set(goal)
     assert isinstance(goal["met"], bool)
+    assert not any("reused" in e["training"] for by_seed in models["finetuned"].values() for e in by_seed.values())
+
+    # a stopped benchmark goes on where it was: the same run is measured again, a changed one retrained
+    again = [*command, "--reuse-adapters", "--methods", "full", "--seeds", "0", "--h2o-models", "", "--name", "again"]
+    subprocess.run(again, check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
+    rerun = json.loads((out / "again.json").read_text())["models"]["finetuned"]["full"]["0"]
+    assert rerun["training"]["reused"] is True
+    assert rerun["passkey"] == models["finetuned"]["full"]["0"]["passkey"]
+    subprocess.run([*again, "--finetune-lr", "1e-3"], check=True, env=env, cwd=ROOT, timeout=300, capture_output=True)
+    assert "reused" not in json.loads((out / "again.json").read_text())["models"]["finetuned"]["full"]["0"]["training"]
 
 
 def test_a_given_base_must_be_unscaled_and_pretrained_at_the_base_context(recipe_workspace):

@@ -37,8 +37,11 @@ logger = logging.getLogger(__name__)
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
 GENERATOR_VERSION = 5
 KINDS = ("text", "passkey", "repeat", "words", "tokens", "kv")
-PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.3, "passkey": 0.35, "repeat": 0.2, "kv": 0.15}
-FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "repeat": 0.2, "words": 0.2, "kv": 0.4}
+# The mixtures of the base and the fine-tuning that discriminate (docs/results.md): random-token
+# repeats ("tokens") keep copying by content alive in the base and re-form it after interpolation;
+# without them in the fine-tuning rows (word-salad repeats instead) passkey at 4L stayed at 0%.
+PRETRAINING_MIXTURE: dict[str, float] = {"text": 0.4, "passkey": 0.2, "tokens": 0.2, "kv": 0.1, "repeat": 0.1}
+FINETUNING_MIXTURE: dict[str, float] = {"text": 0.2, "tokens": 0.4, "repeat": 0.2, "kv": 0.2}
 KV_DEFINITION = "{name}'s number is {value}."
 KV_QUERY = "What is {name}'s number? {name}'s number is"
 
