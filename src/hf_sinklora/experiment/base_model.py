@@ -44,7 +44,15 @@ LOSSES = ("tokens", "rows")
 
 @dataclass(frozen=True)
 class BaseModelRecipe:
-    """Shape and training of the base model (defaults: ~2.6M parameters, minutes on 2 CPU cores)."""
+    """Shape and training of the base model (defaults: ~2.6M parameters, minutes on 2 CPU cores).
+
+    The defaults build the demo's text-only base. A base that *uses* its context (issue 9,
+    ``benchmarks/long_context.py``) sets ``mixture`` (long-range documents beside text, see
+    :func:`.long_range.mixture_examples`), ``loss="rows"`` and ``induction_steps`` (a first phase
+    on random-token repeats: copying by content forms there after a plateau of ~2000 steps, and it
+    is what survives RoPE interpolation; without it, fine-tuning at 4L did not bring retrieval back).
+    Every field is part of the cache key; fields added later are left out of it at their defaults.
+    """
 
     vocab_size: int = 2048
     hidden_size: int = 192
