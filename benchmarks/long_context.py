@@ -171,18 +171,19 @@ def finetune(base_path: Path, examples: list[dict[str, list[int]]], method: str,
         batch_size=args.finetune_batch, lr=args.finetune_lr, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
         seed=seed, logging_steps=max(1, args.finetune_steps // 10),
         save_steps=0, gradient_checkpointing=False, disable_tqdm=True, overwrite=True,
+        **({} if method == "full" else {"group_size_ratio": args.group_size_ratio}),
     )
     columns = {"input_ids": [e["input_ids"] for e in examples]}
     if args.finetune_loss == "targets":
         columns["labels"] = [e["labels"] for e in examples]
-    fingerprint = {"settings": asdict(settings), "method": method,
+    fingerprint = {"settings": {k: v for k, v in asdict(settings).items() if k != "output_dir"}, "method": method,
                    "rows_sha256": hashlib.sha256(json.dumps(columns).encode()).hexdigest()}
     summary_path = output_dir / FINISHED_RUN_FILE
     if args.reuse_adapters and summary_path.exists():
         finished = json.loads(summary_path.read_text())
         if finished.get("fingerprint") == fingerprint:
             logger.info("reusing the finished run in %s", output_dir)
-            return {**finished["summary"], "reused": True}
+            return {**finished["summary"], "output_dir": str(output_dir), "reused": True}
     calls_before = longlora_eager_s2.training_calls
     callbacks = [LongLoRAAttention()] if method == LONGLORA else []
     summary = run_training(settings, train_dataset=Dataset.from_dict(columns), callbacks=callbacks)
@@ -802,6 +803,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tune.add_argument("--finetune-steps", type=int, default=800)
     tune.add_argument("--finetune-batch", type=int, default=4)
     tune.add_argument("--finetune-lr", type=float, default=5e-3)
+    tune.add_argument("--group-size-ratio", type=float, default=0.25,
+                      help="group size / sequence length of s2, sf and longlora (full attention has no groups)")
     tune.add_argument("--lora-r", type=int, default=32, help="LoRA rank (alpha = 2 x rank)")
     tune.add_argument("--finetune-mixture", type=_mixture, default=dict(FINETUNING_MIXTURE),
                       help="kind=weight,... of text, repeat, words, kv (never passkey)")
