@@ -59,13 +59,12 @@ The base's entry also holds ``passkey_prompt_of_L_tokens`` (prompts filling all 
 the answer beyond them); ``--text-only-reference`` adds the same base pretrained on text only.
 ``--name calibrate_long_context`` writes under the calibration's old stem.
 
-Time on 2 CPU cores with the defaults (estimated, not yet measured end to end; the JSON's
-``timings_s`` records every phase and run): pretraining the base ~6 min (1500 steps; once, cached
-after); each of the 12 fine-tuning runs (4 methods x 3 seeds, 200 steps x 4 rows of 512 tokens)
-~1-2 min (the calibration runs of this script measured 103 s for full attention, 60-63 s for S2
-and SF) plus ~10 s of evaluation, so ~16 min for all; the eviction sweep of one model (the full
-cache and 9 evicting ones, each 50 passkey prompts and 40 streamed documents, 32 tokens per
-forward) ~5-10 min. About 30 min in all, ~25 min with the base cached. ``--quick`` (tiny model,
+Time on 2 CPU cores with the defaults (measured 2026-11-26, ``long_context.json``'s ``timings_s``):
+the two-phase base ~12-20 min (2600 + 2500 steps; once, cached after); each of the 12 fine-tuning
+runs (4 methods x 3 seeds, 800 steps x 4 rows of 512 tokens) ~4.5 min alone, evaluation
+included; the eviction sweep of one model (the full cache and 9 evicting ones, each 50 passkey
+prompts and 40 streamed documents, 32 tokens per forward) ~1 min. About 55 min with the base
+cached, 70-75 min without. ``--quick`` (tiny model,
 2 steps, 1 trial, 2 seeds, every method, the sweep at one budget) runs end to end in ~10-20 s.
 
     PYTHONPATH=src .venv/bin/python benchmarks/long_context.py
@@ -763,7 +762,8 @@ def _names(text: str) -> list[str]:
 
 
 QUICK = {"vocab_size": 1024, "hidden_size": 32, "intermediate_size": 64, "layers": 1, "heads": 2, "base_context": 128,
-         "pretrain_steps": 4, "induction_steps": 2, "pretrain_batch": 2, "lora_r": 4, "finetune_steps": 2, "finetune_batch": 1, "trials": 1,
+         "pretrain_steps": 4, "induction_steps": 2, "pretrain_batch": 2, "lora_r": 4, "finetune_steps": 2,
+         "finetune_batch": 1, "trials": 1,
          "depths": [0.0, 1.0], "eval_tokens": 1000, "long_range_docs": 2, "max_chars": 60_000, "seeds": [0, 1],
          "methods": list(METHODS), "h2o_budgets": [0.25], "h2o_chunk": 64}
 
