@@ -96,7 +96,7 @@ from transformers import AutoTokenizer, DynamicCache, TrainerCallback, set_seed
 
 from hf_sinklora import extend_context, load_model
 from hf_sinklora.data.sources import load_books
-from hf_sinklora.evaluation import accuracy_grid, passkey_accuracy, perplexity, streamed_token_nll, tokenize_documents
+from hf_sinklora.evaluation import accuracy_grid, passkey_accuracy, perplexity, tokenize_documents
 from hf_sinklora.evaluation.cache_quality import POLICIES, eviction_cache
 from hf_sinklora.experiment.base_model import BaseModelRecipe, cached_base_model
 from hf_sinklora.experiment.long_range import (
@@ -106,6 +106,7 @@ from hf_sinklora.experiment.long_range import (
     finetuning_examples,
     long_range_documents,
 )
+from hf_sinklora.experiment.long_range_metrics import long_range_perplexity, streamed_long_range_perplexity
 from hf_sinklora.training.recipe import ATTENTION_IMPLEMENTATIONS, TrainSettings, run_training
 
 logger = logging.getLogger("long_context")
@@ -193,49 +194,6 @@ def finetune(base_path: Path, examples: list[dict[str, list[int]]], method: str,
             raise RuntimeError("the longlora run never went through longlora_eager_s2's attention")
     summary_path.write_text(json.dumps({"fingerprint": fingerprint, "summary": summary}, indent=1))
     return summary
-
-
-def long_range_summary(documents: Sequence[Any], token_nll: Sequence[torch.Tensor]) -> dict[str, Any]:
-    """Perplexity over each document's long-range tokens (per kind and together) and over the rest.
-
-    Args:
-        documents: ``LongRangeDocument`` s of ``n`` tokens each.
-        token_nll: per document a tensor ``(n - 1,)``; entry ``t`` is the NLL (nats) of token ``t + 1``.
-
-    Returns:
-        ``{kind: {"ppl", "tokens"}, "rest": ..., "long_range": ...}`` (``long_range``: every kind's
-        masked tokens together; ppl is NaN where nothing is scored).
-    """
-    sums: dict[str, list[float]] = {}
-    for document, nll in zip(documents, token_nll):
-        mask = torch.tensor(document.long_range_mask[1:])  # token t's NLL is nll[t - 1]
-        for kind, selected in ((document.kind, mask), ("rest", ~mask)):
-            total = sums.setdefault(kind, [0.0, 0])
-            total[0] += float(nll[selected].double().sum())
-            total[1] += int(selected.sum())
-    out: dict[str, Any] = {kind: {"ppl": math.exp(s / n) if n else float("nan"), "tokens": n}
-                           for kind, (s, n) in sums.items()}
-    masked = [v for k, v in sums.items() if k != "rest"]
-    total_nll, total_n = sum(s for s, _ in masked), sum(n for _, n in masked)
-    out["long_range"] = {"ppl": math.exp(total_nll / total_n) if total_n else float("nan"), "tokens": total_n}
-    return out
-
-
-def long_range_perplexity(model: Any, documents: Sequence[Any], length: int) -> dict[str, Any]:
-    """:func:`long_range_summary` of one forward pass of ``length`` tokens per document (full attention)."""
-    result = perplexity(model, [torch.tensor(d.input_ids) for d in documents], length, keep_token_nll=True,
-                        progress=False)
-    return long_range_summary(documents, result.token_nll)
-
-
-def streamed_long_range_perplexity(model: Any, documents: Sequence[Any], cache_factory: Callable[[int], Any],
-                                   chunk_size: int) -> dict[str, Any]:
-    """:func:`long_range_summary` of each document streamed ``chunk_size`` tokens per forward through
-    ``cache_factory(document_tokens)`` (a fresh cache per document)."""
-    model.eval()
-    token_nll = [streamed_token_nll(model, torch.tensor(d.input_ids), cache_factory(len(d.input_ids)), chunk_size)
-                 for d in documents]
-    return long_range_summary(documents, token_nll)
 
 
 def held_out_perplexity(model: Any, tokenizer: Any, documents: list[torch.Tensor], length: int) -> dict[str, float]:

@@ -35,7 +35,8 @@ def test_individual_digits_option_only_changes_numbers():
 @pytest.mark.parametrize("length", [128, 512])
 def test_documents_have_exact_lengths_and_are_deterministic(source, length):
     for make in (lr.passkey_document, lambda s, n, r: lr.repeat_document(s, n, r, threshold=128),
-                 lambda s, n, r: lr.kv_document(s, n, r, threshold=128)):
+                 lambda s, n, r: lr.kv_document(s, n, r, threshold=128),
+                 lambda s, n, r: lr.periodic_document(s, n, r, threshold=128)):
         first = [make(source, length, random.Random(seed)) for seed in range(5)]
         again = [make(source, length, random.Random(seed)) for seed in range(5)]
         assert first == again
@@ -98,6 +99,22 @@ def test_random_token_bodies_use_the_whole_plain_vocabulary_and_no_special_token
         lr.repeat_document(source, 512, random.Random(3), threshold=64, body="digits")
 
 
+@pytest.mark.parametrize("threshold", [8, 128])
+def test_periodic_rows_repeat_one_pattern_and_score_every_announced_copy(source, threshold):
+    for seed in range(10):
+        document = lr.periodic_document(source, 128, random.Random(seed), threshold=threshold)
+        ids, period = document.input_ids, int(document.answers[0][1])
+        assert 8 <= period <= 60 and document.kind == "periodic"
+        assert all(ids[t] == ids[t - period] for t in range(period, 128))
+        assert len(set(ids[:period])) > period // 2  # random tokens, not one repeated id
+        targets = [t for t, on in enumerate(document.target_mask) if on]
+        assert targets == list(range(period + 1, 128))  # the second period's first token is not announced
+        assert document.long_range_mask == [t in targets and period > threshold for t in range(128)]
+        assert [(a, b) for a, b, _ in document.copies] == [(b - period, b) for b in range(period, 128, period)]
+    with pytest.raises(ValueError, match="period"):
+        lr.periodic_document(source, 99, random.Random(0), threshold=8, period=(8, 50))
+
+
 def test_evaluation_repeats_are_all_long_range(source):
     documents = lr.long_range_documents(source, 512, 4, threshold=128, kinds=("repeat",), seed=0)
     assert all(b - a > 128 for d in documents for a, b, _ in d.copies)
@@ -144,7 +161,7 @@ def test_recipe_defaults_keep_the_old_cache_key():
     old = BaseModelRecipe(steps=600, context_length=256)
     assert recipe_key_fields(old) == {k: v for k, v in asdict(old).items()
                                      if k not in ("individual_digits", "mixture", "warmup_steps", "max_grad_norm", "loss", "add_bos",
-                                                  "induction_steps", "induction_learning_rate")}
+                                                  "induction_steps", "induction_learning_rate", "induction_kind")}
     new = BaseModelRecipe(individual_digits=True, mixture={"text": 1, "kv": 1}.items(), warmup_steps=100)
     assert new.mixture == (("kv", 1.0), ("text", 1.0)) and new.warmup == 100 and old.warmup == 30
     assert _cache_key([], new) != _cache_key([], BaseModelRecipe())
@@ -155,7 +172,14 @@ def test_recipe_defaults_keep_the_old_cache_key():
     two_phase = BaseModelRecipe(induction_steps=10)
     assert _cache_key([], two_phase) != _cache_key([], BaseModelRecipe())
     assert _cache_key([], two_phase) != _cache_key([], BaseModelRecipe(induction_steps=10, induction_learning_rate=1e-3))
-    for bad in ({"induction_steps": -1}, {"induction_steps": 1.5}, {"induction_learning_rate": 0.0}):
+    # so is the kind of its rows: "tokens", the default, keeps the key of bases built before the choice
+    assert _cache_key([], BaseModelRecipe(induction_kind="periodic")) == _cache_key([], BaseModelRecipe())
+    assert "induction_kind" not in recipe_key_fields(two_phase)
+    periodic = BaseModelRecipe(induction_steps=10, induction_kind="periodic")
+    assert recipe_key_fields(periodic)["induction_kind"] == "periodic"
+    assert _cache_key([], periodic) != _cache_key([], two_phase)
+    for bad in ({"induction_steps": -1}, {"induction_steps": 1.5}, {"induction_learning_rate": 0.0},
+                {"induction_kind": "words"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             BaseModelRecipe(**bad)
 

@@ -40,6 +40,7 @@ RECIPE_FILE = "base_model_recipe.json"
 # tokens, queried values), text rows every token; each row's mean, then the mean over rows, so
 # a row with 5 target tokens weighs as much as a text row (retrieval is not drowned by text).
 LOSSES = ("tokens", "rows")
+INDUCTION_KINDS = ("tokens", "periodic")
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class BaseModelRecipe:
     # a plateau, and that mechanism, unlike a position-bound one, survives RoPE interpolation.
     induction_steps: int = 0
     induction_learning_rate: float = 2e-3
+    # The rows of that phase: "tokens" (random tokens with a few passages copied at any distance;
+    # the phase change came after ~2300 steps) or "periodic" (one random pattern repeated through
+    # the row: it came after ~450 steps and transferred to single far copies, docs/results.md).
+    induction_kind: str = "tokens"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -97,6 +102,8 @@ class BaseModelRecipe:
             raise ValueError('loss="rows" needs a mixture (text-only rows have no retrieval targets)')
         if not isinstance(self.induction_steps, int) or self.induction_steps < 0:
             raise ValueError(f"induction_steps must be an int >= 0, got {self.induction_steps!r}")
+        if self.induction_kind not in INDUCTION_KINDS:
+            raise ValueError(f"induction_kind must be one of {INDUCTION_KINDS}, got {self.induction_kind!r}")
         if not self.induction_learning_rate > 0:
             raise ValueError(f"induction_learning_rate must be > 0, got {self.induction_learning_rate!r}")
         if not self.max_grad_norm > 0:
@@ -116,7 +123,8 @@ class BaseModelRecipe:
 
 
 _ADDED_DEFAULTS = {"individual_digits": False, "add_bos": False, "mixture": (), "warmup_steps": None, "max_grad_norm": 1.0,
-                   "loss": "tokens", "induction_steps": 0, "induction_learning_rate": 2e-3}
+                   "loss": "tokens", "induction_steps": 0, "induction_learning_rate": 2e-3,
+                   "induction_kind": "tokens"}
 
 
 class RowMeanLossTrainer(Trainer):
@@ -143,8 +151,9 @@ def recipe_key_fields(recipe: BaseModelRecipe) -> dict:
     long-range generators' version (their rows are part of what was trained)."""
     values = asdict(recipe)
     key = {k: v for k, v in values.items() if k not in _ADDED_DEFAULTS or v != _ADDED_DEFAULTS[k]}
-    if not recipe.induction_steps:  # the rate of a phase that does not run is not part of the model
+    if not recipe.induction_steps:  # the settings of a phase that does not run are not part of the model
         key.pop("induction_learning_rate", None)
+        key.pop("induction_kind", None)
     if recipe.mixture or recipe.induction_steps:
         from .long_range import GENERATOR_VERSION
 
@@ -205,8 +214,8 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
             lists, in the mixture's proportions), each row seen once; with ``recipe.loss ==
             "rows"`` the generated rows score only their retrieval targets (:class:`RowMeanLossTrainer`).
             With ``recipe.induction_steps``, a first phase trains on ``induction_steps *
-            batch_size`` random-token repeat rows (their copied tokens scored) at a constant
-            ``induction_learning_rate``.
+            batch_size`` random-token rows of ``recipe.induction_kind`` (their copied tokens
+            scored) at a constant ``induction_learning_rate``.
 
     Returns:
         ``output_dir``, loadable with ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained``.
@@ -245,8 +254,8 @@ def pretrain_base_model(texts: list[str], recipe: BaseModelRecipe, output_dir: s
         from .long_range import mixture_examples
 
         induction = mixture_examples(source, recipe.context_length, recipe.induction_steps * recipe.batch_size,
-                                     {"tokens": 1.0}, seed=recipe.seed + 1)
-        logger.info("induction phase: %d steps on random-token repeats", recipe.induction_steps)
+                                     {recipe.induction_kind: 1.0}, seed=recipe.seed + 1)
+        logger.info("induction phase: %d steps on %s rows", recipe.induction_steps, recipe.induction_kind)
         record["induction_losses"] = _train_phase(
             model, tokenizer, recipe, output_dir, rows=[e["input_ids"] for e in induction],
             labels=[e["labels"] for e in induction], steps=recipe.induction_steps,

@@ -1,6 +1,6 @@
 """Documents that can only be predicted by looking far back, and the training mixtures built from them.
 
-Three deterministic (seeded) generators, each returning a :class:`LongRangeDocument` of
+Four deterministic (seeded) generators, each returning a :class:`LongRangeDocument` of
 *exactly* the requested number of tokens:
 
 * :func:`passkey_document`: the passkey prompt of ``evaluation.passkey_prompt`` (same task
@@ -10,7 +10,9 @@ Three deterministic (seeded) generators, each returning a :class:`LongRangeDocum
 * :func:`repeat_document`: natural text in which later passages repeat earlier ones verbatim
   at varying distances;
 * :func:`kv_document`: natural text with ``"<name>'s number is <digits>."`` lines hidden in it
-  and queried at the end (``"What is <name>'s number? <name>'s number is <digits>."``).
+  and queried at the end (``"What is <name>'s number? <name>'s number is <digits>."``);
+* :func:`periodic_document`: one pattern of random tokens repeated through the row (the fast
+  way to teach copying by content, the demo base's first pretraining phase).
 
 Each document carries a per-token ``long_range_mask``: ``mask[t]`` is True when token ``t`` can
 only be predicted from a token more than ``threshold`` positions back (the copied tokens of a
@@ -36,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 # Bumped whenever the generators' output changes: part of the base-model cache key of mixtures.
 GENERATOR_VERSION = 5
-KINDS = ("text", "passkey", "repeat", "words", "tokens", "kv")
+KINDS = ("text", "passkey", "repeat", "words", "tokens", "kv", "periodic")
 # The mixtures of the base and the fine-tuning that discriminate (docs/results.md): random-token
 # repeats ("tokens") keep copying by content alive in the base and re-form it after interpolation;
 # without them in the fine-tuning rows (word-salad repeats instead) passkey at 4L stayed at 0%.
@@ -57,7 +59,7 @@ class LongRangeDocument:
         input_ids: exactly ``length`` token ids (starting with ``<s>`` when the tokenizer adds it).
         long_range_mask: ``length`` booleans; ``mask[t]`` is True when token ``t`` is predictable
             only from a token more than ``threshold`` positions before it.
-        kind: ``"passkey"``, ``"repeat"`` or ``"kv"``.
+        kind: ``"passkey"``, ``"repeat"``, ``"kv"`` or ``"periodic"``.
         answers: ``(name, value)`` pairs: ``("pass key", key)`` for a passkey, each queried pair
             for a kv list, ``("distance", str(d))`` per repeated passage.
         copies: for a repeat document, ``(a, b, size)`` per repeated passage: tokens
@@ -283,6 +285,36 @@ def repeat_document(
                              targets)
 
 
+def periodic_document(
+    source: TextSource, length: int, rng: random.Random, *, threshold: int, period: tuple[int, int] = (8, 60)
+) -> LongRangeDocument:
+    """A pattern of ``P`` uniformly random tokens repeated until the row is full (``P`` uniform in ``period``).
+
+    Every token after the first period copies the token ``P`` positions back (all but the second
+    period's first are predictable, and scored as targets), so these rows hold
+    far more copy targets than :func:`repeat_document` and at short distances: copying by content
+    (induction heads) forms on them within a few hundred steps, where single copies at long
+    distances take thousands (measured in docs/results.md). ``mask[t]`` is True for the copies
+    when ``P > threshold``.
+
+    Returns:
+        A document whose ``copies`` hold one ``(a, a + P, size)`` per period after the first
+        and whose ``answers`` hold ``("period", str(P))``.
+    """
+    low, high = period
+    start = len(_bos(source.tokenizer))
+    if not 1 <= low <= high or start + 2 * high > length:
+        raise ValueError(f"period {period} does not fit twice in {length} tokens")
+    size = rng.randint(low, high)
+    pattern = source.random_tokens(rng, size)
+    body = (pattern * (length // size + 1))[: length - start]
+    ids = _bos(source.tokenizer) + body
+    copies = tuple((a - size, a, min(size, length - a)) for a in range(start + size, length, size))
+    targets = tuple(t > start + size for t in range(length))  # a copy's first token is not announced
+    mask = [target and size > threshold for target in targets]
+    return LongRangeDocument(ids, mask, "periodic", (("period", str(size)),), copies, targets)
+
+
 def kv_document(
     source: TextSource,
     length: int,
@@ -380,8 +412,8 @@ def mixture_examples(
 
     ``"text"`` rows are windows of the source stream starting at ``<s>`` at random offsets;
     ``"repeat"`` rows repeat passages of natural text, ``"words"`` rows of a random-word salad,
-    ``"tokens"`` rows of uniformly random tokens;
-    the others come from the generators above (``threshold``, default ``length // 4``, only
+    ``"tokens"`` rows of uniformly random tokens, ``"periodic"`` rows one random-token pattern
+    repeated (:func:`periodic_document`); the others come from the generators above (``threshold``, default ``length // 4``, only
     shapes their long-range masks, which training ignores).
 
     Returns:
@@ -406,6 +438,8 @@ def mixture_examples(
             elif kind in ("repeat", "words", "tokens"):
                 body = "text" if kind == "repeat" else kind
                 document = repeat_document(source, length, rng, threshold=threshold, body=body)
+            elif kind == "periodic":
+                document = periodic_document(source, length, rng, threshold=threshold)
             else:
                 document = kv_document(source, length, rng, threshold=threshold)
             labels = [t if keep else -100 for t, keep in zip(document.input_ids, document.target_mask)]
