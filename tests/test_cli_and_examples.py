@@ -15,6 +15,7 @@ import hf_sinklora
 from hf_sinklora.cli import main
 from hf_sinklora.data import chunk_token_ids, stdlib_source_files, train_bpe_tokenizer
 from hf_sinklora.data.sources import load_texts
+from hf_sinklora.experiment.long_range import FINETUNING_MIXTURE
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -26,35 +27,49 @@ def tokenizer():
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
-    """The built-in demo, shrunk: stdlib corpus, base pretrained then cached, 4x extension, outputs."""
+    """The built-in demo, shrunk: stdlib corpus, two-phase base pretrained then cached, 4x extension
+    on the long-range mixture, passkey / long-range perplexity / evicting caches, outputs."""
     out, cache = tmp_path / "demo", tmp_path / "cache"
-    argv = ["demo", "--output-dir", str(out), "--cache-dir", str(cache), "--base-context", "32",
-            "--pretrain-steps", "4", "--finetune-steps", "3", "--batch-size", "2", "--eval-tokens", "1500",
-            "--passkey-trials", "1", "--generate-tokens", "4", "--h2o-prompt-tokens", "160",
+    argv = ["demo", "--output-dir", str(out), "--cache-dir", str(cache), "--induction-steps", "2",
+            "--pretrain-steps", "3", "--finetune-steps", "2", "--batch-size", "1", "--eval-tokens", "1500",
+            "--passkey-trials", "1", "--long-range-docs", "2", "--generate-tokens", "4", "--h2o-prompt-tokens", "600",
             "--corpus-files", "20"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["base"]["from_cache"] is False and summary["extension"]["target_length"] == 128
+    assert summary["base"]["from_cache"] is False and summary["extension"]["target_length"] == 512
     assert summary["data"] == "Python standard library sources"
+    losses = summary["base"]["pretrain_losses"]
+    assert len(losses["induction"]) == 2 and len(losses["mixture"]) == 3  # both phases ran
+    assert summary["extension"]["rows"] == 2 and summary["extension"]["mixture"] == FINETUNING_MIXTURE
     quality = summary["quality"]
-    assert quality["before"]["ppl"] > 1 and quality["after"]["ppl"] > 1 and quality["base_at_own_context"] > 1
-    assert set(quality["after"]["passkey"]) == {"128"}  # 64 tokens cannot hold a passkey prompt
+    assert summary["full_attention_reference"]["attention"] == "sdpa" and summary["extension"]["attention"] == "sf_attention"
+    for name in ("before", "after", "full_reference"):
+        assert quality[name]["ppl"] > 1 and quality[name]["long_range_ppl"] > 1 and quality[name]["long_range_tokens"] > 0
+        assert set(quality[name]["passkey"]) == {"248", "504"}  # half and all of 512, minus room for the answer
+        assert all(cell["prompts"] == 5 for cell in quality[name]["passkey"].values())
+    assert set(summary["h2o"]["passkey"]) == {"after", "full_reference"}  # both fine-tuned models
+    for caches in summary["h2o"]["passkey"].values():
+        assert set(caches["h2o"]) == set(caches["streaming"]) == {"504"} and caches["prefill_chunk_size"] == 31
+    assert (out / "full-attention-reference" / "adapter_model.safetensors").exists()
     h2o = summary["h2o"]
-    assert h2o["prompt_tokens"] == 160 and h2o["budget_tokens"] == 40 and h2o["generated_tokens"] == 4
+    assert h2o["prompt_tokens"] == 600 and h2o["budget_tokens"] == 150 and h2o["generated_tokens"] == 4
     assert h2o["h2o"]["kv_bytes"] < h2o["full"]["kv_bytes"]
     assert (out / "summary.png").stat().st_size > 10_000
     card = ModelCard.load(out / "adapter" / "README.md")
     assert "sinklora" in card.data.tags and "H2OCache" in card.text
     record = json.loads((out / "adapter" / "sinklora_recipe.json").read_text())  # measurements go into the card
     assert {(r["metric_type"], r["metric_value"]) for r in record["eval_results"]} == {
-        ("perplexity", round(quality["after"]["ppl"], 3)), ("accuracy", quality["after"]["passkey"]["128"])}
-    assert "| perplexity on Python standard library sources (held out) (128-token windows) |" in card.text
+        ("perplexity", round(quality["after"]["ppl"], 3)),
+        *(("accuracy", cell["accuracy"]) for cell in quality["after"]["passkey"].values())}
+    assert "| perplexity on Python standard library sources (held out) (512-token windows) |" in card.text
     assert str(out / "adapter") != json.loads((out / "adapter" / "adapter_config.json").read_text())[
         "base_model_name_or_path"] and Path(summary["base"]["path"]).is_absolute()
     reloaded = hf_sinklora.load_model(out / "adapter")
-    assert reloaded.config.rope_parameters["factor"] == 4.0 and reloaded.config.max_position_embeddings == 128
-    assert "held-out ppl @128" in printed and "H2OCache(40)" in printed
+    assert reloaded.config.rope_parameters["factor"] == 4.0 and reloaded.config.max_position_embeddings == 512
+    for line in ("held-out ppl @512", "long-range ppl @512", "H2OCache(150)", "StreamingLLM", "  504 tokens",
+                 "full-attention LoRA+"):
+        assert line in printed
 
     assert main(argv) == 0  # the second run loads the base from the cache
     assert json.loads((out / "summary.json").read_text())["base"]["from_cache"] is True
@@ -78,14 +93,15 @@ def test_demo_on_a_given_checkpoint_and_dataset(tmp_path, tokenizer, capsys):
                  "--finetune-steps", "2", "--batch-size", "1", "--eval-tokens", "1200", "--passkey-trials", "1",
                  "--generate-tokens", "3", "--h2o-prompt-tokens", "300"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["base"] == {"path": str(base), "from_cache": None, "context": 64, "pretrain_losses": []}
+    assert summary["base"] == {"path": str(base), "from_cache": None, "context": 64, "pretrain_losses": {}}
     assert summary["extension"]["target_length"] == 256 and summary["data"] == str(books)
     assert summary["h2o"]["budget_tokens"] == 75
     assert "(from the cache)" not in capsys.readouterr().out
 
 
 def test_demo_rejects_bad_settings(tmp_path):
-    for bad in (["--finetune-steps", "0"], ["--h2o-budget", "1.5"], ["--target-length", "8"]):
+    for bad in (["--finetune-steps", "0"], ["--h2o-budget", "1.5"], ["--target-length", "8"], ["--induction-steps", "-1"],
+                ["--long-range-docs", "0"], ["--lora-r", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["demo", "--output-dir", str(tmp_path), *bad])
         assert exit_info.value.code == 2

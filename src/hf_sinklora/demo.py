@@ -1,10 +1,16 @@
-"""The main job, end to end: pretrain (or load) a base, extend its context 4x with SinkLoRA,
-measure what that bought, generate with ``H2OCache``, write the adapter and its card.
+"""The main job, end to end: pretrain (or load) a base that retrieves, extend its context 4x with
+SinkLoRA, measure what that bought, run the same prompts through ``H2OCache``, write the adapter
+and its card.
 
 With no ``--model`` everything runs on a corpus every machine has, the Python standard
-library's own sources: a small Llama and its tokenizer are pretrained at a short context
-(or loaded from the user cache when this exact base was built before). With ``--model`` the
-same pipeline runs on a real checkpoint and ``--dataset`` text. Every number is measured.
+library's own sources: a small Llama and its tokenizer are pretrained at a short context ``L``
+to *use* that context (a first phase on repeated random-token patterns forms copying by
+content; a second mixes natural text with passkey prompts, repeated passages and key-value
+lists), or loaded from the user cache when this exact base was built before. Interpolating its
+RoPE to ``4L`` breaks retrieval; SF-Attn LoRA+ on ``4L`` rows of text, repeats and key-value
+lists (never passkey prompts) brings it back, and the passkey check at ``4L`` shows it. With
+``--model`` the same pipeline runs on a real checkpoint and ``--dataset`` text. Every number is
+measured.
 """
 
 from __future__ import annotations
@@ -21,11 +27,20 @@ from datasets import Dataset
 from transformers import AutoConfig, AutoTokenizer, DynamicCache
 
 from .cache import H2OCache, H2OPolicy
-from .data.local_corpus import chunk_token_ids, stdlib_source_files
+from .data.local_corpus import stdlib_source_files
 from .data.sources import load_books, load_texts
 from .evaluation import minimum_prompt_length, passkey_accuracy, perplexity, tokenize_documents
+from .evaluation.cache_quality import eviction_cache
 from .evaluation.timing import timed_generate
 from .experiment.base_model import BaseModelRecipe, cached_base_model
+from .experiment.long_range import (
+    FINETUNING_MIXTURE,
+    PRETRAINING_MIXTURE,
+    TextSource,
+    finetuning_examples,
+    long_range_documents,
+)
+from .experiment.long_range_metrics import long_range_perplexity
 from .hub.card import RECIPE_FILE, write_model_card
 from .hub.loading import load_model
 from .rope import extend_context
@@ -33,6 +48,8 @@ from .training.recipe import TrainSettings, run_training
 
 logger = logging.getLogger(__name__)
 HELD_OUT_FILES = 12  # the last stdlib files (by name) are never trained on
+ANSWER_ROOM = 8  # passkey prompts end this many tokens short of their length, so the answer fits too
+PASSKEY_DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -43,28 +60,38 @@ class DemoSettings:
     model: str | None = field(default=None, metadata={"help": "checkpoint path or hub id (default: pretrain a small base)"})
     dataset: list[str] = field(default_factory=list, metadata={"help": "text files/dirs/datasets ids (default: stdlib sources)"})
     target_length: int | None = field(default=None, metadata={"help": "context to reach (default: 4x the base's)"})
-    base_context: int = field(default=128, metadata={"help": "pretraining context of the built-in base"})
-    pretrain_steps: int = field(default=600, metadata={"help": "pretraining steps of the built-in base"})
-    finetune_steps: int = field(default=100, metadata={"help": "SinkLoRA (SF-Attn, LoRA+) steps"})
+    base_context: int = field(default=128, metadata={"help": "pretraining context L of the built-in base"})
+    induction_steps: int = field(default=700, metadata={
+        "help": "first pretraining phase of the built-in base: steps on repeated random-token patterns"})
+    pretrain_steps: int = field(default=1200, metadata={
+        "help": "second phase: steps on text + passkey prompts + repeated passages + key-value lists"})
+    finetune_steps: int = field(default=300, metadata={"help": "SinkLoRA (SF-Attn, LoRA+) steps"})
     batch_size: int = field(default=4, metadata={"help": "rows per fine-tuning step"})
-    learning_rate: float = field(default=2e-3, metadata={"help": "fine-tuning learning rate"})
+    learning_rate: float = field(default=5e-3, metadata={"help": "fine-tuning learning rate"})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank (alpha = 2 x rank)"})
+    full_attention_reference: bool = field(default=True, metadata={
+        "help": "also extend with full-attention LoRA+ on the same rows, measured beside SF-Attn "
+                "(what a sparse training attention is compared with; --no-full-attention-reference skips it)"})
     group_size_ratio: float = field(default=0.25, metadata={"help": "SF-Attn group size / sequence length"})
     sink_tokens: int = field(default=4, metadata={"help": "SF-Attn sink tokens"})
     eval_tokens: int = field(default=20_000, metadata={"help": "held-out tokens for perplexity"})
-    passkey_trials: int = field(default=2, metadata={"help": "passkey prompts per (length, depth)"})
+    long_range_docs: int = field(default=16, metadata={"help": "held-out documents for long-range perplexity"})
+    passkey_trials: int = field(default=4, metadata={"help": "passkey prompts per (length, depth); 5 depths"})
     h2o_budget: float = field(default=0.25, metadata={"help": "H2OCache budget, fraction of the prompt"})
-    h2o_prompt_tokens: int | None = field(default=None, metadata={"help": "prompt for the H2O run (default: 16x target)"})
-    generate_tokens: int = field(default=32, metadata={"help": "tokens generated in the H2O comparison"})
+    h2o_prompt_tokens: int | None = field(default=None, metadata={"help": "prompt for the H2O speed run (default: 16x target)"})
+    generate_tokens: int = field(default=32, metadata={"help": "tokens generated in the H2O speed run"})
     corpus_files: int | None = field(default=None, metadata={"help": "train on the first N stdlib files (default: all)"})
     cache_dir: str | None = field(default=None, metadata={"help": "base-model cache (default ~/.cache/hf_sinklora)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
 
     def validate(self) -> None:
         positive = ("base_context", "pretrain_steps", "finetune_steps", "batch_size", "eval_tokens", "passkey_trials",
-                    "generate_tokens")
+                    "generate_tokens", "lora_r", "long_range_docs")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.induction_steps < 0:
+            raise ValueError(f"induction_steps must be >= 0, got {self.induction_steps}")
         if self.corpus_files is not None and self.corpus_files < 1:
             raise ValueError(f"corpus_files must be >= 1, got {self.corpus_files}")
         if self.target_length is not None and self.target_length < 16:
@@ -76,19 +103,25 @@ class DemoSettings:
 
 
 def demo_base_recipe(settings: DemoSettings) -> BaseModelRecipe:
-    """The built-in base: ~1.3M parameters, trained at ``base_context`` on stdlib sources."""
-    return BaseModelRecipe(vocab_size=2048, hidden_size=128, intermediate_size=352, num_layers=4, num_heads=4,
+    """The built-in base: a 2-layer Llama (~0.7M parameters, 1024-token BPE with single digits) that
+    retrieves at ``base_context``: ``induction_steps`` on repeated random-token patterns, then
+    ``pretrain_steps`` on :data:`PRETRAINING_MIXTURE` with retrieval targets scored per row."""
+    return BaseModelRecipe(vocab_size=1024, hidden_size=128, intermediate_size=512, num_layers=2, num_heads=4,
                            context_length=settings.base_context, steps=settings.pretrain_steps, batch_size=16,
-                           learning_rate=3e-3, seed=settings.seed)
+                           learning_rate=2e-3, seed=settings.seed, individual_digits=True, add_bos=True,
+                           mixture=tuple(PRETRAINING_MIXTURE.items()), warmup_steps=100, loss="rows",
+                           induction_steps=settings.induction_steps, induction_learning_rate=2e-3,
+                           induction_kind="periodic")
 
 
 def demo_train_settings(settings: DemoSettings, base_path: str | Path, data_name: str, target: int,
-                        adapter_dir: Path) -> TrainSettings:
-    """The recipe's settings for the demo's extension: SF-Attn LoRA+ on rows of ``target`` tokens."""
+                        adapter_dir: Path, attention: str = "sf") -> TrainSettings:
+    """The recipe's settings for the demo's extension: LoRA+ on rows of ``target`` tokens trained
+    through ``attention`` (SF-Attn by default; cosine schedule, alpha twice the rank)."""
     return TrainSettings(
-        model=str(base_path), dataset=data_name, target_length=target, output_dir=str(adapter_dir), attention="sf",
+        model=str(base_path), dataset=data_name, target_length=target, output_dir=str(adapter_dir), attention=attention,
         max_steps=settings.finetune_steps, batch_size=settings.batch_size, lr=settings.learning_rate,
-        group_size_ratio=settings.group_size_ratio, sink_tokens=settings.sink_tokens, seed=settings.seed,
+        lora_r=settings.lora_r, lora_alpha=2 * settings.lora_r, group_size_ratio=settings.group_size_ratio, sink_tokens=settings.sink_tokens, seed=settings.seed,
         logging_steps=max(1, settings.finetune_steps // 10), save_steps=0, gradient_checkpointing=False,
         overwrite=True,  # the demo's own adapter folder: a re-run replaces it
     )
@@ -127,44 +160,45 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     if settings.model:
         base_path, cached = settings.model, None
         base_context = AutoConfig.from_pretrained(base_path).get_text_config().max_position_embeddings
-        pretrain_losses: list[float] = []
+        pretrain_losses: dict[str, list[float]] = {}
     else:
         base_path, cached = cached_base_model(train_texts, demo_base_recipe(settings), settings.cache_dir)
         base_context = settings.base_context
-        pretrain_losses = json.loads((Path(base_path) / "base_model_recipe.json").read_text())["losses"]
+        record = json.loads((Path(base_path) / "base_model_recipe.json").read_text())
+        pretrain_losses = {"induction": record.get("induction_losses", []), "mixture": record["losses"]}
     target = settings.target_length or 4 * base_context
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     held_out = tokenize_documents(tokenizer, held_texts, max_tokens=settings.eval_tokens)
-    rows = chunk_token_ids(tokenizer, train_texts, target)
-    if not rows:
-        raise ValueError(f"the training text holds fewer than target_length={target} tokens")
+    examples = finetuning_examples(TextSource(tokenizer, train_texts), target, settings.finetune_steps * settings.batch_size,
+                                   FINETUNING_MIXTURE, seed=settings.seed, threshold=base_context)
 
     _stage(2, f"extending the context {target / base_context:g}x ({base_context} -> {target}) with SinkLoRA")
-    adapter_dir = output_dir / "adapter"
-    trained = run_training(
-        demo_train_settings(settings, base_path, data_name, target, adapter_dir),
-        train_dataset=Dataset.from_dict({"input_ids": rows}),
-    )
+    rows = Dataset.from_dict({"input_ids": [e["input_ids"] for e in examples], "labels": [e["labels"] for e in examples]})
+    adapters = {"after": output_dir / "adapter"}
+    if settings.full_attention_reference:
+        adapters["full_reference"] = output_dir / "full-attention-reference"
+    trained = {name: run_training(demo_train_settings(settings, base_path, data_name, target, path,
+                                                      "sf" if name == "after" else "full"), train_dataset=rows)
+               for name, path in adapters.items()}
 
-    _stage(3, "perplexity and passkey retrieval, before and after (full attention)")
+    _stage(3, f"passkey retrieval and perplexity at {target} tokens, before and after (full attention)")
     before = load_model(base_path)
     base_ppl = perplexity(before, held_out, base_context).perplexity
     extend_context(before, target)  # interpolated positions, not fine-tuned: the fair "before"
-    after = load_model(adapter_dir)
-    shortest = minimum_prompt_length(tokenizer)
-    lengths = sorted({n for n in (target // 2, target) if n >= shortest})
-    if not lengths:
-        logger.warning("target_length=%d is too short for a passkey prompt (%d tokens): passkey skipped", target, shortest)
-    quality = {}
-    for name, model in (("before", before), ("after", after)):
-        passkey = passkey_accuracy(model, tokenizer, lengths, (0.0, 0.5, 1.0), settings.passkey_trials,
-                                   settings.seed) if lengths else {"per_length": {}}
-        quality[name] = {"ppl": perplexity(model, held_out, target).perplexity, "passkey": passkey["per_length"]}
+    models = {"before": before, **{name: load_model(path) for name, path in adapters.items()}}
+    long_docs = long_range_documents(TextSource(tokenizer, held_texts), target, settings.long_range_docs,
+                                     threshold=base_context, seed=settings.seed)
+    lengths = passkey_lengths(tokenizer, target)
+    quality = {name: _quality(model, tokenizer, held_out, long_docs, lengths, target, settings)
+               for name, model in models.items()}
     quality["base_at_own_context"] = base_ppl
-    record_results_on_card(adapter_dir, quality["after"], data_name, target)
+    record_results_on_card(adapters["after"], quality["after"], data_name, target)
 
-    _stage(4, f"generation: H2OCache at a {settings.h2o_budget:.0%} budget vs the full cache")
-    h2o = _h2o_comparison(after, tokenizer, held_texts, settings, target)
+    _stage(4, f"the passkey prompts through H2OCache and StreamingLLM ({settings.h2o_budget:.0%} budget); "
+              "generation speed and memory")
+    h2o = _h2o_comparison(models["after"], tokenizer, held_texts, settings, target)
+    h2o["passkey"] = {name: _passkey_through_caches(models[name], tokenizer, lengths[-1:], settings)
+                      for name in adapters} if lengths else {}
 
     _stage(5, "writing the summary")
     summary = {
@@ -172,7 +206,8 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         "settings": asdict(settings),
         "data": data_name,
         "base": {"path": str(base_path), "from_cache": cached, "context": base_context, "pretrain_losses": pretrain_losses},
-        "extension": {"target_length": target, "rows": len(rows), **trained},
+        "extension": {"target_length": target, "rows": len(examples), "mixture": FINETUNING_MIXTURE, **trained["after"]},
+        "full_attention_reference": trained.get("full_reference"),
         "quality": quality,
         "h2o": h2o,
         "total_seconds": round(time.perf_counter() - started, 1),
@@ -181,6 +216,50 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_summary(summary, output_dir / "summary.png")
     return summary
+
+
+def passkey_lengths(tokenizer: Any, target: int) -> list[int]:
+    """Prompt lengths of the passkey check: half and all of ``target``, each ``ANSWER_ROOM`` short so
+    the answer fits inside ``target`` positions too; lengths below the shortest prompt are dropped."""
+    shortest = minimum_prompt_length(tokenizer)
+    lengths = [n - ANSWER_ROOM for n in (target // 2, target) if n - ANSWER_ROOM >= shortest]
+    if not lengths:
+        logger.warning("target_length=%d is too short for a passkey prompt (%d tokens): passkey skipped", target, shortest)
+    return lengths
+
+
+def _passkey(model: Any, tokenizer: Any, lengths: list[int], settings: DemoSettings, **cache_options: Any) -> dict[str, Any]:
+    """``{str(length): {"accuracy", "correct", "prompts"}}`` over :data:`PASSKEY_DEPTHS` x ``passkey_trials``."""
+    if not lengths:
+        return {}
+    result = passkey_accuracy(model, tokenizer, lengths, PASSKEY_DEPTHS, settings.passkey_trials, settings.seed,
+                              progress=False, **cache_options)
+    out = {}
+    for n in lengths:
+        cells = [c for c in result["cells"] if c["length"] == n]
+        out[str(n)] = {"accuracy": result["per_length"][str(n)], "correct": sum(c["correct"] for c in cells),
+                       "prompts": sum(c["trials"] for c in cells)}
+    return out
+
+
+def _quality(model: Any, tokenizer: Any, held_out: list[torch.Tensor], long_docs: list[Any], lengths: list[int],
+             target: int, settings: DemoSettings) -> dict[str, Any]:
+    """Held-out and long-range perplexity at ``target`` and passkey accuracy at ``lengths`` of one model."""
+    long_range = long_range_perplexity(model, long_docs, target)["long_range"]
+    return {"ppl": perplexity(model, held_out, target).perplexity, "long_range_ppl": long_range["ppl"],
+            "long_range_tokens": long_range["tokens"], "passkey": _passkey(model, tokenizer, lengths, settings)}
+
+
+def _passkey_through_caches(model: Any, tokenizer: Any, lengths: list[int], settings: DemoSettings) -> dict[str, Any]:
+    """Passkey at ``lengths`` with the prompt streamed through an H2O and a StreamingLLM cache of
+    ``h2o_budget`` of the prompt, in chunks of a quarter of that budget (so eviction happens while
+    the prompt is read, as it would for a prompt longer than memory allows)."""
+    chunk = max(1, int(settings.h2o_budget * lengths[0]) // 4)
+    out: dict[str, Any] = {"budget": settings.h2o_budget, "prefill_chunk_size": chunk}
+    for policy in ("h2o", "streaming"):
+        out[policy] = _passkey(model, tokenizer, lengths, settings, prefill_chunk_size=chunk,
+                               cache_factory=lambda n, p=policy: eviction_cache(p, settings.h2o_budget, n))
+    return out
 
 
 def record_results_on_card(adapter_dir: Path, after: dict[str, Any], data_name: str, target: int) -> None:
@@ -192,12 +271,14 @@ def record_results_on_card(adapter_dir: Path, after: dict[str, Any], data_name: 
         {**common, "dataset_name": f"{data_name} (held out)", "dataset_split": f"{target}-token windows",
          "metric_type": "perplexity", "metric_value": round(after["ppl"], 3)},
         *({**common, "dataset_name": f"passkey retrieval, {length}-token prompts", "metric_type": "accuracy",
-           "metric_value": round(accuracy, 3)} for length, accuracy in after["passkey"].items()),
+           "metric_value": round(cell["accuracy"], 3)} for length, cell in after["passkey"].items()),
     ]
     write_model_card(adapter_dir, record)
 
 
 def _h2o_comparison(model: Any, tokenizer: Any, texts: list[str], settings: DemoSettings, target: int) -> dict[str, Any]:
+    """Greedy generation from a long held-out prompt with the full cache and with ``H2OCache``:
+    decode speed, KV memory and how many first tokens agree."""
     # long enough for eviction to pay off; beyond the trained context only speed and memory mean much
     prompt_tokens = settings.h2o_prompt_tokens or 16 * target
     ids = torch.cat(tokenize_documents(tokenizer, texts, max_tokens=prompt_tokens))[:prompt_tokens][None]
@@ -220,74 +301,150 @@ def _h2o_comparison(model: Any, tokenizer: Any, texts: list[str], settings: Demo
     }
 
 
+MODEL_LABELS = {"before": "interpolated", "after": "SF-Attn LoRA+", "full_reference": "full-attention LoRA+"}
+MODEL_COLORS = {"before": "C3", "after": "C2", "full_reference": "C7"}
+
+
 def plot_summary(summary: dict[str, Any], path: Path) -> None:
-    """Four panels: losses, perplexity, passkey accuracy, H2O vs full cache."""
+    """Six panels: losses; held-out and long-range perplexity; passkey per model; passkey through
+    the evicting caches; decode speed and KV memory of H2O vs the full cache."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(12, 8), dpi=100)
+    figure = Figure(figsize=(15, 8), dpi=100)
     FigureCanvasAgg(figure)
-    losses, ppl, passkey, h2o = (figure.add_subplot(2, 2, i) for i in range(1, 5))
-    pre, tuned = summary["base"]["pretrain_losses"], summary["extension"]["losses"]
-    if pre:
-        losses.plot(range(len(pre)), pre, marker="o", label=f"pretraining at {summary['base']['context']}")
-    losses.plot(range(len(pre), len(pre) + len(tuned)), tuned, marker="o",
-                label=f"SinkLoRA at {summary['extension']['target_length']}")
-    losses.set(title="training loss (logged points)", xlabel="log step", ylabel="loss")
-    losses.legend()
+    losses, ppl, long_range, passkey, survival, h2o = (figure.add_subplot(2, 3, i) for i in range(1, 7))
     quality, target = summary["quality"], summary["extension"]["target_length"]
-    bars = [(f"base @{summary['base']['context']}", quality["base_at_own_context"]),
-            (f"interpolated @{target}", quality["before"]["ppl"]), (f"SinkLoRA @{target}", quality["after"]["ppl"])]
-    ppl.bar([b[0] for b in bars], [b[1] for b in bars], color=["grey", "C3", "C2"])
-    ppl.set(title="held-out perplexity (full attention)", ylabel="perplexity")
+    context = summary["base"]["context"]
+    names = [n for n in MODEL_LABELS if n in quality]
+    _plot_losses(losses, summary)
+    _labelled_bars(ppl, [(f"base @{context}", quality["base_at_own_context"])]
+                   + [(MODEL_LABELS[n], quality[n]["ppl"]) for n in names], ["grey"] + [MODEL_COLORS[n] for n in names],
+                   "%.1f")
+    ppl.set(title=f"held-out perplexity @{target} (full attention)", ylabel="perplexity")
+    _labelled_bars(long_range, [(MODEL_LABELS[n], quality[n]["long_range_ppl"]) for n in names],
+                   [MODEL_COLORS[n] for n in names], "%.2f")
+    long_range.set(title=f"long-range perplexity @{target}: tokens only\npredictable from more than {context} tokens back",
+                   ylabel="perplexity (log scale)", yscale="log")
     lengths = list(quality["after"]["passkey"])
-    width = 0.38
-    for offset, name, color in ((-width / 2, "before", "C3"), (width / 2, "after", "C2")):
-        bars = passkey.bar([i + offset for i in range(len(lengths))], [quality[name]["passkey"][n] for n in lengths],
-                           width, label=name, color=color)
-        passkey.bar_label(bars, fmt="%.2f")
+    width = 0.8 / len(names)
+    for index, name in enumerate(names):
+        cells = [quality[name]["passkey"][n] for n in lengths]
+        drawn = passkey.bar([i + (index - (len(names) - 1) / 2) * width for i in range(len(lengths))],
+                            [c["accuracy"] for c in cells], width, label=MODEL_LABELS[name], color=MODEL_COLORS[name])
+        passkey.bar_label(drawn, labels=[_counted(c) for c in cells], fontsize=8)
     passkey.set_xticks(range(len(lengths)), lengths)
-    passkey.set(title="passkey accuracy", xlabel="prompt tokens", ylabel="accuracy", ylim=(0, 1.05))
-    passkey.legend()
-    runs = summary["h2o"]
-    names = ["full cache", f"H2O {runs['budget_tokens']} tokens"]
-    speed = [runs["full"]["decode_tokens_per_s"], runs["h2o"]["decode_tokens_per_s"]]
-    memory = [runs["full"]["kv_bytes"] / 2**20, runs["h2o"]["kv_bytes"] / 2**20]
-    speed_bars = h2o.bar([0, 1], speed, width, color="C0", label="decode tokens/s")
-    kv_axis = h2o.twinx()
-    memory_bars = kv_axis.bar([width, 1 + width], memory, width, color="C1", label="KV MiB")
-    h2o.bar_label(speed_bars, fmt="%.1f")
-    kv_axis.bar_label(memory_bars, fmt="%.1f")
-    h2o.set_xticks([width / 2, 1 + width / 2], names)
-    h2o.set(title=f"generation from a {runs['prompt_tokens']}-token prompt", ylabel="decode tokens/s",
-            ylim=(0, max(speed) * 1.3))
-    kv_axis.set(ylabel="KV cache MiB", ylim=(0, max(memory) * 1.3))
-    h2o.legend([speed_bars, memory_bars], ["decode tokens/s", "KV MiB"], loc="upper center", ncols=2, fontsize=8)
+    passkey.set(title="passkey retrieval (full cache)", xlabel="prompt tokens", ylabel="accuracy", ylim=(0, 1.15))
+    passkey.legend(loc="upper left", fontsize=8)
+    _plot_survival(survival, summary)
+    _plot_speed(h2o, summary["h2o"], 0.38)
     figure.suptitle(f"hf-sinklora demo ({summary['data']}), {summary['total_seconds']:.0f} s", fontsize=10)
     figure.tight_layout()
     figure.savefig(path)
 
 
+def _labelled_bars(axis: Any, bars: list[tuple[str, float]], colors: list[str], fmt: str) -> None:
+    drawn = axis.bar([b[0] for b in bars], [b[1] for b in bars], color=colors)
+    axis.bar_label(drawn, fmt=fmt)
+    axis.tick_params(axis="x", labelsize=8)
+
+
+def _plot_losses(axis: Any, summary: dict[str, Any]) -> None:
+    done = 0
+    for name, values in summary["base"]["pretrain_losses"].items():
+        if values:
+            axis.plot(range(done, done + len(values)), values, marker="o", label=f"base, {name} phase")
+            done += len(values)
+    tuned = summary["extension"]["losses"]
+    axis.plot(range(done, done + len(tuned)), tuned, marker="o", label=f"SinkLoRA at {summary['extension']['target_length']}")
+    axis.set(title="training loss (logged points; retrieval targets only\non generated rows)", xlabel="log step",
+             ylabel="loss")
+    axis.legend(fontsize=8)
+
+
+def _plot_survival(axis: Any, summary: dict[str, Any]) -> None:
+    per_model = summary["h2o"]["passkey"]
+    if not per_model:
+        axis.set_axis_off()
+        return
+    names = list(per_model)
+    first = per_model[names[0]]
+    length = next(iter(first["h2o"]))
+    width = 0.27
+    for index, (cache, color) in enumerate((("full cache", "grey"), ("h2o", "C0"), ("streaming", "C1"))):
+        cells = [summary["quality"][n]["passkey"][length] if cache == "full cache" else per_model[n][cache][length]
+                 for n in names]
+        drawn = axis.bar([i + (index - 1) * width for i in range(len(names))], [c["accuracy"] for c in cells], width,
+                         color=color, label={"h2o": "H2O", "streaming": "StreamingLLM"}.get(cache, cache))
+        axis.bar_label(drawn, labels=[_counted(c) for c in cells], fontsize=8)
+    axis.set_xticks(range(len(names)), [MODEL_LABELS[n] for n in names])
+    axis.set(title=f"passkey at {length} tokens through a {first['budget']:.0%} KV budget", ylabel="accuracy",
+             ylim=(0, 1.15))
+    axis.legend(loc="upper left", fontsize=8)
+
+
+def _plot_speed(axis: Any, runs: dict[str, Any], width: float) -> None:
+    names = ["full cache", f"H2O {runs['budget_tokens']} tokens"]
+    speed = [runs["full"]["decode_tokens_per_s"], runs["h2o"]["decode_tokens_per_s"]]
+    memory = [runs["full"]["kv_bytes"] / 2**20, runs["h2o"]["kv_bytes"] / 2**20]
+    speed_bars = axis.bar([0, 1], speed, width, color="C0", label="decode tokens/s")
+    kv_axis = axis.twinx()
+    memory_bars = kv_axis.bar([width, 1 + width], memory, width, color="C1", label="KV MiB")
+    axis.bar_label(speed_bars, fmt="%.1f")
+    kv_axis.bar_label(memory_bars, fmt="%.1f")
+    axis.set_xticks([width / 2, 1 + width / 2], names)
+    axis.set(title=f"generation from a {runs['prompt_tokens']}-token prompt", ylabel="decode tokens/s",
+             ylim=(0, max(speed) * 1.3))
+    kv_axis.set(ylabel="KV cache MiB", ylim=(0, max(memory) * 1.3))
+    axis.legend([speed_bars, memory_bars], ["decode tokens/s", "KV MiB"], loc="upper center", ncols=2, fontsize=8)
+
+
+def _counted(cell: dict[str, Any]) -> str:
+    return f"{cell['correct']}/{cell['prompts']}"
+
+
 def format_summary(summary: dict[str, Any]) -> str:
-    """The readable table printed at the end."""
+    """The readable table printed at the end: each number with what it means."""
     quality, h2o, base = summary["quality"], summary["h2o"], summary["base"]
-    target = summary["extension"]["target_length"]
-    lengths = list(quality["after"]["passkey"])
+    target, context = summary["extension"]["target_length"], base["context"]
+    names = [n for n in MODEL_LABELS if n in quality]
+    tuned = [n for n in names if n != "before"]
+
+    def each(pick: Any) -> str:
+        return " | ".join(f"{MODEL_LABELS[n]} {pick(quality[n])}" for n in names)
+
     rows = [
         ("base model", f"{base['path']}" + ("" if base["from_cache"] is None else
                                            (" (from the cache)" if base["from_cache"] else " (pretrained now)"))),
-        ("context", f"{base['context']} -> {target} (linear RoPE interpolation, SF-Attn LoRA+, "
-                    f"{summary['settings']['finetune_steps']} SFTTrainer steps)"),
-        (f"held-out ppl @{base['context']}", f"{quality['base_at_own_context']:.2f} (base at its own context)"),
-        (f"held-out ppl @{target}", f"{quality['before']['ppl']:.2f} before -> {quality['after']['ppl']:.2f} after"),
-        ("passkey accuracy", ", ".join(f"{n} tok: {quality['before']['passkey'][n]:.2f} -> "
-                                       f"{quality['after']['passkey'][n]:.2f}" for n in lengths)
-                             or "skipped: the target length is shorter than a passkey prompt"),
-        ("generation", f"{h2o['prompt_tokens']}-token prompt, {h2o['generated_tokens']} new tokens"),
+        ("context", f"{context} -> {target}: linear RoPE interpolation, then LoRA+ for "
+                    f"{summary['settings']['finetune_steps']} SFTTrainer steps on text, repeats and key-value lists "
+                    "(never passkeys)"),
+        ("passkey retrieval", "a 5-digit key hidden at 5 depths of filler, asked for at the end: correct answers "
+                              "of prompts, full attention"),
+        *((f"  {n} tokens", each(lambda q, n=n: _counted(q["passkey"][n]))) for n in quality["after"]["passkey"]),
+        *(() if quality["after"]["passkey"] else (("  skipped", "the target length is shorter than a passkey prompt"),)),
+        (f"long-range ppl @{target}", each(lambda q: f"{q['long_range_ppl']:.2f}")),
+        ("", f"(over {quality['after']['long_range_tokens']} tokens that only context more than {context} tokens back "
+             "predicts: copies, queried values)"),
+        (f"held-out ppl @{target}", each(lambda q: f"{q['ppl']:.2f}") + f" (base at {context}: "
+                                    f"{quality['base_at_own_context']:.2f})"),
+    ]
+    if h2o["passkey"]:
+        first = h2o["passkey"][tuned[0]]
+        n = next(iter(first["h2o"]))
+        rows.append((f"passkey, {first['budget']:.0%} KV budget",
+                     f"{n}-token prompts read in chunks of {first['prefill_chunk_size']}; a needle gets little "
+                     "attention before its question comes"))
+        rows += [(f"  {MODEL_LABELS[name]}", f"H2O {_counted(h2o['passkey'][name]['h2o'][n])}, StreamingLLM "
+                                             f"{_counted(h2o['passkey'][name]['streaming'][n])}, full cache "
+                                             f"{_counted(quality[name]['passkey'][n])}") for name in tuned]
+    rows += [
+        ("generation", f"{h2o['prompt_tokens']}-token prompt, {h2o['generated_tokens']} new tokens, SF-Attn model"),
         ("  full cache", f"{h2o['full']['decode_tokens_per_s']:.1f} tok/s, KV {h2o['full']['kv_bytes'] / 2**20:.2f} MiB"),
         (f"  H2OCache({h2o['budget_tokens']})", f"{h2o['h2o']['decode_tokens_per_s']:.1f} tok/s, "
-                                                 f"KV {h2o['h2o']['kv_bytes'] / 2**20:.2f} MiB; first "
-                                                 f"{h2o['identical_first_tokens']} tokens identical"),
+                                                 f"KV {h2o['h2o']['kv_bytes'] / 2**20:.2f} MiB; the first "
+                                                 f"{h2o['identical_first_tokens']} of {h2o['generated_tokens']} tokens "
+                                                 "identical to the full cache's"),
         ("adapter + model card", summary["extension"]["output_dir"]),
         ("summary", f"{Path(summary['settings']['output_dir']) / 'summary.json'} and summary.png"),
         ("time", f"{summary['total_seconds']:.0f} s"),
