@@ -91,8 +91,10 @@ def test_demo_on_a_given_checkpoint_and_dataset(tmp_path, tokenizer, capsys):
     out = tmp_path / "out"
     assert main(["demo", "--model", str(base), "--dataset", str(books), "--output-dir", str(out),
                  "--finetune-steps", "2", "--batch-size", "1", "--eval-tokens", "1200", "--passkey-trials", "1",
-                 "--generate-tokens", "3", "--h2o-prompt-tokens", "300"]) == 0
+                 "--generate-tokens", "3", "--h2o-prompt-tokens", "300", "--no-full-attention-reference"]) == 0
     summary = json.loads((out / "summary.json").read_text())
+    assert "full_reference" not in summary["quality"] and summary["full_attention_reference"] is None
+    assert not (out / "full-attention-reference").exists()
     assert summary["base"] == {"path": str(base), "from_cache": None, "context": 64, "pretrain_losses": {}}
     assert summary["extension"]["target_length"] == 256 and summary["data"] == str(books)
     assert summary["h2o"]["budget_tokens"] == 75
