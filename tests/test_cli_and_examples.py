@@ -33,7 +33,7 @@ def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
     argv = ["demo", "--output-dir", str(out), "--cache-dir", str(cache), "--induction-steps", "2",
             "--pretrain-steps", "3", "--finetune-steps", "2", "--batch-size", "1", "--eval-tokens", "1500",
             "--passkey-trials", "1", "--long-range-docs", "2", "--generate-tokens", "4", "--h2o-prompt-tokens", "600",
-            "--corpus-files", "20"]
+            "--corpus-files", "40"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
@@ -48,6 +48,7 @@ def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
         assert quality[name]["ppl"] > 1 and quality[name]["long_range_ppl"] > 1 and quality[name]["long_range_tokens"] > 0
         assert set(quality[name]["passkey"]) == {"248", "504"}  # half and all of 512, minus room for the answer
         assert all(cell["prompts"] == 5 for cell in quality[name]["passkey"].values())
+    assert set(quality["base_passkey"]) == {"120"} and quality["base_passkey"]["120"]["prompts"] == 5  # base at L
     assert set(summary["h2o"]["passkey"]) == {"after", "full_reference"}  # both fine-tuned models
     for caches in summary["h2o"]["passkey"].values():
         assert set(caches["h2o"]) == set(caches["streaming"]) == {"504"} and caches["prefill_chunk_size"] == 31
@@ -68,7 +69,7 @@ def test_demo_runs_every_stage_and_reports(tmp_path, capsys):
     reloaded = hf_sinklora.load_model(out / "adapter")
     assert reloaded.config.rope_parameters["factor"] == 4.0 and reloaded.config.max_position_embeddings == 512
     for line in ("held-out ppl @512", "long-range ppl @512", "H2OCache(150)", "StreamingLLM", "  504 tokens",
-                 "full-attention LoRA+"):
+                 "full-attention LoRA+", "  base at 120 tokens"):
         assert line in printed
 
     assert main(argv) == 0  # the second run loads the base from the cache

@@ -184,6 +184,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     _stage(3, f"passkey retrieval and perplexity at {target} tokens, before and after (full attention)")
     before = load_model(base_path)
     base_ppl = perplexity(before, held_out, base_context).perplexity
+    base_passkey = _passkey(before, tokenizer, passkey_lengths(tokenizer, base_context, (base_context,)), settings)
     extend_context(before, target)  # interpolated positions, not fine-tuned: the fair "before"
     models = {"before": before, **{name: load_model(path) for name, path in adapters.items()}}
     long_docs = long_range_documents(TextSource(tokenizer, held_texts), target, settings.long_range_docs,
@@ -192,6 +193,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     quality = {name: _quality(model, tokenizer, held_out, long_docs, lengths, target, settings)
                for name, model in models.items()}
     quality["base_at_own_context"] = base_ppl
+    quality["base_passkey"] = base_passkey
     record_results_on_card(adapters["after"], quality["after"], data_name, target)
 
     _stage(4, f"the passkey prompts through H2OCache and StreamingLLM ({settings.h2o_budget:.0%} budget); "
@@ -218,13 +220,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     return summary
 
 
-def passkey_lengths(tokenizer: Any, target: int) -> list[int]:
-    """Prompt lengths of the passkey check: half and all of ``target``, each ``ANSWER_ROOM`` short so
-    the answer fits inside ``target`` positions too; lengths below the shortest prompt are dropped."""
+def passkey_lengths(tokenizer: Any, target: int, sizes: tuple[int, ...] | None = None) -> list[int]:
+    """Prompt lengths of the passkey check: ``sizes`` (default half and all of ``target``), each
+    ``ANSWER_ROOM`` short so the answer fits inside them too; lengths below the shortest prompt are dropped."""
     shortest = minimum_prompt_length(tokenizer)
-    lengths = [n - ANSWER_ROOM for n in (target // 2, target) if n - ANSWER_ROOM >= shortest]
+    lengths = [n - ANSWER_ROOM for n in (sizes or (target // 2, target)) if n - ANSWER_ROOM >= shortest]
     if not lengths:
-        logger.warning("target_length=%d is too short for a passkey prompt (%d tokens): passkey skipped", target, shortest)
+        logger.warning("%s tokens are too short for a passkey prompt (%d tokens): passkey skipped there",
+                       "/".join(map(str, sizes or (target // 2, target))), shortest)
     return lengths
 
 
@@ -334,7 +337,9 @@ def plot_summary(summary: dict[str, Any], path: Path) -> None:
                             [c["accuracy"] for c in cells], width, label=MODEL_LABELS[name], color=MODEL_COLORS[name])
         passkey.bar_label(drawn, labels=[_counted(c) for c in cells], fontsize=8)
     passkey.set_xticks(range(len(lengths)), lengths)
-    passkey.set(title="passkey retrieval (full cache)", xlabel="prompt tokens", ylabel="accuracy", ylim=(0, 1.35))
+    base_cells = ", ".join(f"{_counted(c)} at {n}" for n, c in quality.get("base_passkey", {}).items())
+    passkey.set(title="passkey retrieval (full cache)" + (f"\nbase at its own context: {base_cells}" if base_cells else ""),
+                xlabel="prompt tokens", ylabel="accuracy", ylim=(0, 1.35))
     passkey.legend(loc="upper center", ncols=len(names), fontsize=8)
     _plot_survival(survival, summary)
     _plot_speed(h2o, summary["h2o"], 0.38)
@@ -427,6 +432,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                               "of prompts, full attention"),
         *((f"  {n} tokens", each(lambda q, n=n: _counted(q["passkey"][n]))) for n in quality["after"]["passkey"]),
         *(() if quality["after"]["passkey"] else (("  skipped", "the target length is shorter than a passkey prompt"),)),
+        *((f"  base at {n} tokens", f"{_counted(cell)} (its own context)") for n, cell in quality["base_passkey"].items()),
         (f"long-range ppl @{target}", each(lambda q: f"{q['long_range_ppl']:.2f}")),
         ("", f"(over {quality['after']['long_range_tokens']} tokens that only context more than {context} tokens back "
              "predicts: copies, queried values)"),
