@@ -90,3 +90,16 @@ def test_low_precision(calls, dtype):
 def test_other_layouts_take_the_general_path(calls, scenario):
     run_against_reference(scenario, 4, 2)
     assert not calls
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_single_key_head_runs_with_and_without_expansion(calls, threads):
+    """Runs reading one key head expand it when a thread would otherwise idle (see ``_Piece``)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        scenario = Scenario(seq_len=37, rows=[[(0, 37)]], kind="plain", params={})
+        run_against_reference(scenario, 4, 1)
+    finally:
+        torch.set_num_threads(previous)
+    assert calls

@@ -85,18 +85,25 @@ class _Piece:
     gradient and an infinite log-sum-exp, so they add nothing.
     """
 
-    def __init__(self, run: HeadRun, start: int, end: int, num_sink_tokens: int):
+    def __init__(self, run: HeadRun, start: int, end: int, num_sink_tokens: int, batch_size: int):
         self.heads = slice(run.q_start, run.q_end)
         self.kv_heads = slice(run.kv_start, run.kv_end)
         self.start, self.end = start, end
         self.lead = num_sink_tokens if start else 0
+        # torch's CPU flash backward splits GQA work by (row, key head) and runs many times slower
+        # (30x measured, torch 2.13) when that leaves a thread without work; one key head is
+        # then expanded (a stride-0 view) to every query head instead.
+        self.expand_kv = run.kv_end - run.kv_start == 1 and batch_size < torch.get_num_threads()
 
     def inputs(self, query, key, value):
-        """Query view ``(B, h, lead + L, D)``; keys and values ``(B, hk, lead + L, D)``."""
+        """Query view ``(B, h, lead + L, D)``; keys and values ``(B, hk, lead + L, D)`` (``hk = h``
+        when ``expand_kv``)."""
         q = query[:, self.heads, self.start - self.lead : self.end]
         k, v = (x[:, self.kv_heads, self.start : self.end] for x in (key, value))
         if self.lead:
             k, v = (torch.cat([x[:, self.kv_heads, : self.lead], part], dim=2) for x, part in ((key, k), (value, v)))
+        if self.expand_kv:
+            k, v = (x.expand(-1, q.shape[1], -1, -1) for x in (k, v))
         return q, k, v
 
     def padded(self, rows: torch.Tensor, fill: float) -> torch.Tensor:
@@ -135,6 +142,8 @@ def _backward_piece(piece: _Piece, grad_out, query, key, value, out, lse, grads,
     )
     grad_query[:, heads, start:end].copy_(dq[:, :, lead:])
     for grad, part in ((grad_key, dk), (grad_value, dv)):
+        if piece.expand_kv:
+            part = part.sum(dim=1, keepdim=True)
         grad[:, piece.kv_heads, start:end] += part[:, :, lead:]
         if lead:
             grad[:, piece.kv_heads, :lead] += part[:, :, :lead]
@@ -151,7 +160,7 @@ class UniformGroupedAttention(torch.autograd.Function):
         out = query.new_empty(batch, seq_len, num_heads, head_dim)
         # the kernel keeps the log-sum-exp in its accumulation type
         lse = query.new_empty(batch, num_heads, seq_len, dtype=torch.promote_types(query.dtype, torch.float32))
-        for piece in _pieces(runs, seq_len, group_size, num_sink_tokens):
+        for piece in _pieces(runs, query, group_size, num_sink_tokens):
             _forward_piece(piece, query, key, value, out, lse, scale)
         ctx.save_for_backward(query, key, value, out, lse)
         ctx.settings = runs, group_size, num_sink_tokens, scale
@@ -162,16 +171,16 @@ class UniformGroupedAttention(torch.autograd.Function):
         query, key, value, out, lse = ctx.saved_tensors
         runs, group_size, num_sink_tokens, scale = ctx.settings
         grads = torch.empty_like(query), torch.zeros_like(key), torch.zeros_like(value)
-        for piece in _pieces(runs, query.shape[2], group_size, num_sink_tokens):
+        for piece in _pieces(runs, query, group_size, num_sink_tokens):
             _backward_piece(piece, grad_out, query, key, value, out, lse, grads, scale)
         return *grads, None, None, None, None
 
 
-def _pieces(runs: list[HeadRun], seq_len: int, group_size: int, num_sink_tokens: int):
-    """The :class:`_Piece` of every group of every run."""
+def _pieces(runs: list[HeadRun], query: torch.Tensor, group_size: int, num_sink_tokens: int):
+    """The :class:`_Piece` of every group of every run, for ``query (B, Hq, n, D)``."""
     for run in runs:
-        for start, end in group_bounds(seq_len, group_size, run.shift):
-            yield _Piece(run, start, end, num_sink_tokens)
+        for start, end in group_bounds(query.shape[2], group_size, run.shift):
+            yield _Piece(run, start, end, num_sink_tokens, query.shape[0])
 
 
 def uniform_flash_attention(
