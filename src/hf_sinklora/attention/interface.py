@@ -23,6 +23,7 @@ from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_
 from .groups import build_group_layout
 from .mask import overlays_of, padding_of, sf_attention_mask
 from .segments import Segments, find_segments
+from .uniform_cpu import flash_cpu_available, head_runs, uniform_flash_attention
 
 logger = logging.get_logger(__name__)  # transformers' logging: warning_once
 
@@ -107,6 +108,35 @@ def _uniform_class_attention(
                                      scale=scale, dropout=dropout)
 
 
+def _uniform_flash_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    classes: list[tuple[int, int, bool]],
+    settings: SFAttentionConfig,
+    *,
+    scale: float,
+    sliding_window: int | None,
+) -> torch.Tensor | None:
+    """Every head class of whole rows at once with the CPU flash kernel, or None when a class
+    cannot use it (see :func:`uniform_window_free`).
+
+    Args:
+        query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
+
+    Returns:
+        ``(B, n, Hq, D)`` or None.
+    """
+    seq_len = query.shape[2]
+    group_size = settings.group_size_for(seq_len)
+    sinks = settings.num_sink_tokens
+    shifts = [group_size // 2 if shifted else 0 for _, _, shifted in classes]
+    if not all(uniform_window_free(seq_len, group_size, shift, sinks, sliding_window) for shift in shifts):
+        return None
+    runs = head_runs(classes, query.shape[1] // key.shape[1], group_size)
+    return uniform_flash_attention(query, key, value, runs, group_size, sinks, scale=scale)
+
+
 def _layout_class_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -174,6 +204,10 @@ def grouped_sf_attention(
     use_flash = _use_flash(query, settings)
     classes = _head_classes(num_heads, settings)
     uniform = segments.is_uniform and softcap is None and not use_flash
+    if uniform and flash_cpu_available(query, dropout):
+        out = _uniform_flash_attention(query, key, value, classes, settings, scale=scale, sliding_window=sliding_window)
+        if out is not None:
+            return out
     outputs = []
     for (first, end, shifted), (q, k, v) in zip(classes, _class_inputs(query, key, value, classes, repeats)):
         out = None
