@@ -7,10 +7,11 @@ library's own sources: a small Llama and its tokenizer are pretrained at a short
 to *use* that context (a first phase on repeated random-token patterns forms copying by
 content; a second mixes natural text with passkey prompts, repeated passages and key-value
 lists), or loaded from the user cache when this exact base was built before. Interpolating its
-RoPE to ``4L`` breaks retrieval; SF-Attn LoRA+ on ``4L`` rows of text, repeats and key-value
-lists (never passkey prompts) brings it back, and the passkey check at ``4L`` shows it. With
-``--model`` the same pipeline runs on a real checkpoint and ``--dataset`` text. Every number is
-measured.
+RoPE to ``4L`` breaks retrieval; LoRA+ on ``4L`` rows of text, repeats and key-value lists (never
+passkey prompts), with SF-Attn and, as the reference, with full attention, is meant to bring it
+back, and the passkey check at ``4L`` shows whether it does (at the built-in size full attention
+does and SF-Attn does not: docs/results.md). With ``--model`` the same pipeline runs on a real
+checkpoint and ``--dataset`` text. Every number is measured.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def demo_train_settings(settings: DemoSettings, base_path: str | Path, data_name
     return TrainSettings(
         model=str(base_path), dataset=data_name, target_length=target, output_dir=str(adapter_dir), attention=attention,
         max_steps=settings.finetune_steps, batch_size=settings.batch_size, lr=settings.learning_rate,
-        lora_r=settings.lora_r, lora_alpha=2 * settings.lora_r, group_size_ratio=settings.group_size_ratio, sink_tokens=settings.sink_tokens, seed=settings.seed,
+        lora_r=settings.lora_r, lora_alpha=2 * settings.lora_r, group_size_ratio=settings.group_size_ratio,
+        sink_tokens=settings.sink_tokens, seed=settings.seed,
         logging_steps=max(1, settings.finetune_steps // 10), save_steps=0, gradient_checkpointing=False,
         overwrite=True,  # the demo's own adapter folder: a re-run replaces it
     )
@@ -184,12 +186,12 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     _stage(3, f"passkey retrieval and perplexity at {target} tokens, before and after (full attention)")
     before = load_model(base_path)
     base_ppl = perplexity(before, held_out, base_context).perplexity
-    base_passkey = _passkey(before, tokenizer, passkey_lengths(tokenizer, base_context, (base_context,)), settings)
+    base_passkey = _passkey(before, tokenizer, passkey_lengths(tokenizer, (base_context,)), settings)
     extend_context(before, target)  # interpolated positions, not fine-tuned: the fair "before"
     models = {"before": before, **{name: load_model(path) for name, path in adapters.items()}}
     long_docs = long_range_documents(TextSource(tokenizer, held_texts), target, settings.long_range_docs,
                                      threshold=base_context, seed=settings.seed)
-    lengths = passkey_lengths(tokenizer, target)
+    lengths = passkey_lengths(tokenizer, (target // 2, target))
     quality = {name: _quality(model, tokenizer, held_out, long_docs, lengths, target, settings)
                for name, model in models.items()}
     quality["base_at_own_context"] = base_ppl
@@ -220,14 +222,14 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     return summary
 
 
-def passkey_lengths(tokenizer: Any, target: int, sizes: tuple[int, ...] | None = None) -> list[int]:
-    """Prompt lengths of the passkey check: ``sizes`` (default half and all of ``target``), each
-    ``ANSWER_ROOM`` short so the answer fits inside them too; lengths below the shortest prompt are dropped."""
+def passkey_lengths(tokenizer: Any, sizes: tuple[int, ...]) -> list[int]:
+    """Prompt lengths of the passkey check at ``sizes`` tokens: each ``ANSWER_ROOM`` short so the
+    answer fits inside the size too; sizes too short for a passkey prompt are dropped."""
     shortest = minimum_prompt_length(tokenizer)
-    lengths = [n - ANSWER_ROOM for n in (sizes or (target // 2, target)) if n - ANSWER_ROOM >= shortest]
+    lengths = [n - ANSWER_ROOM for n in sizes if n - ANSWER_ROOM >= shortest]
     if not lengths:
         logger.warning("%s tokens are too short for a passkey prompt (%d tokens): passkey skipped there",
-                       "/".join(map(str, sizes or (target // 2, target))), shortest)
+                       "/".join(map(str, sizes)), shortest)
     return lengths
 
 
