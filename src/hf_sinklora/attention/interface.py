@@ -130,10 +130,9 @@ def _uniform_flash_attention(
     seq_len = query.shape[2]
     group_size = settings.group_size_for(seq_len)
     sinks = settings.num_sink_tokens
-    shifts = [group_size // 2 if shifted else 0 for _, _, shifted in classes]
-    if not all(uniform_window_free(seq_len, group_size, shift, sinks, sliding_window) for shift in shifts):
-        return None
     runs = head_runs(classes, query.shape[1] // key.shape[1], group_size)
+    if not all(uniform_window_free(seq_len, group_size, shift, sinks, sliding_window) for shift in {r.shift for r in runs}):
+        return None
     return uniform_flash_attention(query, key, value, runs, group_size, sinks, scale=scale)
 
 
