@@ -18,6 +18,7 @@ from transformers.utils import logging
 from ..cache.scored_attention import h2o_attention, h2o_layer_of
 from .config import SFAttentionConfig, sf_config_from
 from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
+from .flex import flex_sf_attention, flex_unsupported_reason
 from .full_causal import full_causal_attention
 from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_window_free
 from .groups import build_group_layout
@@ -50,7 +51,7 @@ def _token_major(x: torch.Tensor) -> torch.Tensor:
 
 
 def _use_flash(query: torch.Tensor, settings: SFAttentionConfig) -> bool:
-    if settings.backend == "sdpa":
+    if settings.backend in ("sdpa", "flex"):
         return False
     if settings.backend == "flash_attn":
         if not can_use_flash(query):
@@ -60,6 +61,24 @@ def _use_flash(query: torch.Tensor, settings: SFAttentionConfig) -> bool:
             raise ValueError(f"sf_attention backend='flash_attn' cannot run: {reason}; use backend='auto' or 'sdpa'")
         return True
     return can_use_flash(query)
+
+
+def _use_flex(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, settings: SFAttentionConfig, dropout: float
+) -> bool:
+    """``backend="flex"``, or ``"auto"`` on CUDA when flash-attn cannot run and flex can.
+
+    The auto rule prefers flex over grouped SDPA on CUDA because its block mask skips the hidden
+    tiles without gathering groups; ``benchmarks/bench_attention.py --device cuda`` measures both.
+    """
+    if settings.backend == "flex":
+        reason = flex_unsupported_reason(query, key, value, dropout)
+        if reason is not None:
+            raise ValueError(f"sf_attention backend='flex' cannot run: {reason}; use backend='auto' or 'sdpa'")
+        return True
+    if settings.backend != "auto" or not query.is_cuda or can_use_flash(query):
+        return False
+    return flex_unsupported_reason(query, key, value, dropout) is None
 
 
 def _class_inputs(
@@ -187,8 +206,9 @@ def grouped_sf_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """SF-Attn over the given segments, one head class (unshifted, shifted) at a time: the
-    gather-free path for whole rows of one length, the layout path otherwise.
+    """SF-Attn over the given segments: ``flex_attention`` for all heads at once when
+    :func:`_use_flex` says so; otherwise one head class (unshifted, shifted) at a time, the
+    gather-free path for whole rows of one length, the layout path for the rest.
 
     Args:
         query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
@@ -198,6 +218,9 @@ def grouped_sf_attention(
     Returns:
         ``(B, n, Hq, D)``; padding positions are zeros.
     """
+    if _use_flex(query, key, value, settings, dropout):
+        return flex_sf_attention(query, key, value, segments, settings, scale=scale, sliding_window=sliding_window,
+                                 softcap=softcap)
     batch_size, num_heads, seq_len, _ = query.shape
     repeats = num_heads // key.shape[1]
     use_flash = _use_flash(query, settings)
