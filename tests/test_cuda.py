@@ -51,7 +51,7 @@ FLEX_HEAD_DIM = 16  # the Triton kernel's floor
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_flex_backend_on_cuda_matches_reference(seed, dtype):
     scenario = random_scenario(4000 + seed)
     scenario.softcap = None
@@ -86,6 +86,7 @@ def test_auto_picks_flex_on_cuda_without_flash_attn(monkeypatch):
     q, k, v = (torch.randn(1, heads, 64, FLEX_HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for heads in (4, 2, 2))
     module = FakeAttention({"backend": "auto"}, num_key_value_groups=2).train()
+    assert interface.resolve_backend(q, k, v, interface.sf_config_from(module.config)) == "flex"
     out, _ = sf_attention_forward(module, q, k, v, None)
     out.float().sum().backward()
     assert calls == [True]

@@ -258,6 +258,16 @@ def test_auto_never_picks_flex_on_the_cpu(monkeypatch):
         _call({"backend": backend}, training=True, requires_grad=True)[0].sum().backward()
 
 
+def test_resolve_backend_on_the_cpu(monkeypatch):
+    q = torch.randn(1, 2, 4, 16)
+    pick = lambda backend, dropout=0.0: interface.resolve_backend(q, q, q, SFAttentionConfig(backend=backend), dropout)  # noqa: E731
+    assert pick("auto") == "sdpa" and pick("sdpa") == "sdpa" and pick("flex") == "flex"
+    with pytest.raises(ValueError, match="dropout=0.2"):
+        pick("flex", 0.2)
+    monkeypatch.setattr(interface, "can_use_flash", lambda query: True)
+    assert pick("auto") == "flash_attn" and pick("flex") == "flex"
+
+
 def test_unsupported_reasons():
     q = torch.randn(1, 2, 4, 8)
     assert flex_backend.flex_unsupported_reason(q, q, q, 0.0) is None
