@@ -7,11 +7,16 @@ For every sequence length ``n`` (``--lengths``) and every method, one attention 
 output (the gradients of q, k and v are materialised, as in training):
 
 * ``sdpa``: full causal ``torch.nn.functional.scaled_dot_product_attention`` (the baseline);
-* ``sf_attention``: ``hf_sinklora.attention.sf_attention_forward`` in training mode with
+* ``sf_attention`` (CPU): ``hf_sinklora.attention.sf_attention_forward`` in training mode with
   default settings (groups of ``G = n / 4`` tokens, half of the heads shifted by ``G / 2``,
-  4 sink tokens);
-* ``s2_attention``: the same rule with 0 sink tokens;
-* ``flex_sf`` (CUDA only): ``torch.compile``d ``flex_attention`` with the SF-Attn block mask.
+  4 sink tokens, ``backend="auto"``);
+* ``s2_attention`` (CPU): the same rule with 0 sink tokens;
+* on CUDA, the same call once per backend, so the run shows which one ``backend="auto"`` should
+  pick: ``sf_sdpa`` (``backend="sdpa"``, grouped SDPA), ``sf_flex`` (``backend="flex"``:
+  ``torch.compile``d ``flex_attention`` with the SF-Attn block mask; the first call compiles and
+  is the warm-up) and ``sf_flash_attn`` (``backend="flash_attn"``, only when ``flash_attn``
+  imports). The JSON's ``auto_backend`` records what ``"auto"`` chose for these inputs. flex is not
+  measured on the CPU: torch has no flex backward there.
 
 Each (method, n) pair runs in its own child process (this script re-invoked with the hidden
 ``--worker`` flag), so neither allocator caches nor peak-memory counters leak between
@@ -71,12 +76,14 @@ from transformers import PretrainedConfig
 import hf_sinklora  # noqa: F401  (registers sf_attention / s2_attention with transformers, as in a real run)
 from bench_common import DEFAULT_OUTPUT_DIR, environment, is_cuda, length_axis, package_digest, synchronize
 from hf_sinklora.attention import SFAttentionConfig, s2_attention_forward, sf_attention_forward
+from hf_sinklora.attention.flash_varlen import flash_attn_available
+from hf_sinklora.attention.interface import resolve_backend
 
 logger = logging.getLogger("bench_attention")
 
 BASELINE = "sdpa"
 SPARSE_METHODS = ("sf_attention", "s2_attention")
-FLEX_METHOD = "flex_sf"
+CUDA_BACKEND_METHODS = {"sf_sdpa": "sdpa", "sf_flex": "flex", "sf_flash_attn": "flash_attn"}
 INPUTS_ONLY = "inputs_only"  # the CPU memory baseline child, never reported as a method
 RESULT_MARKER = "BENCH_RESULT "
 GOAL_LENGTH = 8192
@@ -144,29 +151,14 @@ Tensors = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _stand_in_module(num_key_value_groups: int) -> torch.nn.Module:
+def _stand_in_module(num_key_value_groups: int, backend: str = "auto") -> torch.nn.Module:
     """The attributes an attention function reads from its layer, in training mode."""
     module = torch.nn.Module()
     module.config = PretrainedConfig()
-    module.config.sf_attention = {}
+    module.config.sf_attention = {"backend": backend}
     module.is_causal = True
     module.num_key_value_groups = num_key_value_groups
     return module.train()
-
-
-def _sf_mask_mod(n: int, num_heads: int) -> Callable[..., Any]:
-    """flex_attention ``mask_mod`` of the default SF-Attn rule (see ``hf_sinklora.attention.groups``)."""
-    config = SFAttentionConfig()
-    group_size = config.group_size_for(n)
-    first_shifted = num_heads - config.num_shifted_heads(num_heads)
-    sinks = config.num_sink_tokens
-
-    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
-        shift = (h >= first_shifted) * (group_size // 2)
-        same_group = (q_idx + shift) // group_size == (kv_idx + shift) // group_size
-        return (kv_idx <= q_idx) & (same_group | (kv_idx < sinks))
-
-    return mask_mod
 
 
 def _attention_call(method: str, n: int, settings: Settings) -> tuple[AttentionFn, str]:
@@ -178,12 +170,9 @@ def _attention_call(method: str, n: int, settings: Settings) -> tuple[AttentionF
         forward = sf_attention_forward if method == "sf_attention" else s2_attention_forward
         module = _stand_in_module(settings.heads // settings.kv_heads)
         return (lambda q, k, v: forward(module, q, k, v, None)[0]), "bnhd"
-    if method == FLEX_METHOD:
-        from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # CUDA only
-
-        block_mask = create_block_mask(_sf_mask_mod(n, settings.heads), None, settings.heads, n, n, device=settings.device)
-        compiled = torch.compile(flex_attention, dynamic=False)
-        return (lambda q, k, v: compiled(q, k, v, block_mask=block_mask, enable_gqa=gqa)), "bhnd"
+    if method in CUDA_BACKEND_METHODS:
+        module = _stand_in_module(settings.heads // settings.kv_heads, CUDA_BACKEND_METHODS[method])
+        return (lambda q, k, v: sf_attention_forward(module, q, k, v, None)[0]), "bnhd"
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -218,8 +207,17 @@ def _cpu_peak_rss_bytes() -> int:
 
 
 def _methods_for(device: str) -> list[str]:
-    methods = [BASELINE, *SPARSE_METHODS]
-    return [*methods, FLEX_METHOD] if is_cuda(device) else methods
+    if not is_cuda(device):
+        return [BASELINE, *SPARSE_METHODS]
+    return [BASELINE, "sf_sdpa", "sf_flex", *(["sf_flash_attn"] if flash_attn_available() else [])]
+
+
+def _auto_backend(settings: Settings) -> str:
+    """What ``backend="auto"`` picks for this benchmark's inputs (training: q/k/v require grad)."""
+    dtype, device = getattr(torch, settings.dtype), settings.device
+    q = torch.zeros(1, settings.heads, 1, settings.head_dim, dtype=dtype, device=device, requires_grad=True)
+    kv = torch.zeros(1, settings.kv_heads, 1, settings.head_dim, dtype=dtype, device=device, requires_grad=True)
+    return resolve_backend(q, kv, kv, SFAttentionConfig())
 
 
 def _inputs_only(n: int, settings: Settings) -> Measurement:
@@ -438,10 +436,10 @@ def run_benchmark(settings: Settings, lengths: Sequence[int], output_dir: Path, 
     """Measures every (method, n), then writes the JSON and PNG; returns the JSON document."""
     methods = _methods_for(settings.device)
     notes = []
-    if FLEX_METHOD not in methods:
+    if "sf_flex" not in methods:
         notes.append(
-            f"{FLEX_METHOD} (torch.compile'd flex_attention with the SF block mask) is measured on CUDA only; "
-            f"skipped on {settings.device} (flex_attention has no CPU backward in torch {torch.__version__})."
+            "sf_flex (backend='flex': torch.compile'd flex_attention with the SF block mask) is measured on CUDA "
+            f"only; skipped on {settings.device} (flex_attention has no CPU backward in torch {torch.__version__})."
         )
     env = environment(settings.device)
     logger.info("environment: %s", json.dumps(env))
@@ -460,6 +458,7 @@ def run_benchmark(settings: Settings, lengths: Sequence[int], output_dir: Path, 
         "environment": {**env, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "settings": {**asdict(settings), "warmup": 1, "lengths": list(lengths), "sf_attention": SFAttentionConfig().to_dict()},
         "methods": methods,
+        "auto_backend": _auto_backend(settings),
         "timing_method": TIMING_METHOD,
         "memory_method": CUDA_MEMORY_METHOD if is_cuda(settings.device) else CPU_MEMORY_METHOD,
         "ratios": "speedup = median_s(sdpa) / median_s(method); memory_ratio = peak_extra(method) / peak_extra(sdpa)",

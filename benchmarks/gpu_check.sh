@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check, in one command for a lent machine (device tool), under 10 minutes:
 #   1. install the package over the image's CUDA torch (wheels carried in .whl/, see gpu_wheels.sh);
-#   2. the CUDA-marked tests: SDPA and flash-attn backends in bf16/fp16 against the dense reference
-#      (outputs and gradients), H2O generation equal to DynamicCache (tests/test_cuda.py);
-#   3. the benchmarks with --device cuda: SF-Attn vs flash/SDPA full attention, H2O decoding.
+#   2. the CUDA-marked tests: SDPA, flash-attn and flex backends in bf16/fp16 against the dense
+#      reference (outputs and gradients), backend="auto" choosing flex without flash-attn, H2O
+#      generation equal to DynamicCache (tests/test_cuda.py);
+#   3. the benchmarks with --device cuda: SF-Attn through grouped SDPA, flex (and flash-attn when
+#      installed) vs full causal SDPA -- which backend "auto" should prefer --, H2O decoding.
 # Results go to ${OUT:-benchmarks/results/gpu} (JSON + PNG + logs); the card is in nvidia-smi.txt.
 #
 #   device run: bash benchmarks/gpu_check.sh          (carry: [".whl"])

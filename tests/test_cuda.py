@@ -1,6 +1,7 @@
 """CUDA checks, run by ``benchmarks/gpu_check.sh`` on a GPU machine (skipped without CUDA): the
-SDPA and flash-attn backends in bf16/fp16 against the dense reference (outputs and gradients), and
-H2O generation equal to ``DynamicCache`` when the budget covers everything."""
+SDPA, flash-attn and flex backends in bf16/fp16 against the dense reference (outputs and gradients),
+``backend="auto"`` choosing flex when flash-attn cannot run, and H2O generation equal to
+``DynamicCache`` when the budget covers everything."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import random
 import pytest
 import torch
 
+from hf_sinklora.attention import interface, sf_attention_forward
+
 from .families import build
-from .helpers import random_scenario
+from .helpers import FakeAttention, random_scenario
 from .test_sf_rule import HEAD_LAYOUTS, run_against_reference
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -39,6 +42,56 @@ def test_flash_attn_backend_on_cuda_matches_reference(seed, dtype):
     scenario.params["backend"] = "flash_attn"
     num_heads, num_kv_heads = random.Random(seed).choice(HEAD_LAYOUTS)
     run_against_reference(scenario, num_heads, num_kv_heads, dtype=dtype, seed=seed, device="cuda")
+
+
+# Flex compiles one kernel per dtype, GQA flag and score_mod (then shapes turn dynamic): the
+# scenarios keep GQA and leave soft-capping to one test, so the compiles fit gpu_check.sh's budget.
+FLEX_HEAD_LAYOUTS = [(4, 2), (6, 2), (8, 2), (4, 1)]
+FLEX_HEAD_DIM = 16  # the Triton kernel's floor
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("seed", range(4))
+def test_flex_backend_on_cuda_matches_reference(seed, dtype):
+    scenario = random_scenario(4000 + seed)
+    scenario.softcap = None
+    scenario.params["backend"] = "flex"
+    num_heads, num_kv_heads = random.Random(seed).choice(FLEX_HEAD_LAYOUTS)
+    run_against_reference(scenario, num_heads, num_kv_heads, dtype=dtype, seed=seed, device="cuda",
+                          head_dim=FLEX_HEAD_DIM)
+
+
+def test_flex_backend_on_cuda_with_softcap_matches_reference():
+    scenario = random_scenario(4100)
+    scenario.softcap = 2.0
+    scenario.params["backend"] = "flex"
+    run_against_reference(scenario, 4, 2, dtype=torch.bfloat16, device="cuda", head_dim=FLEX_HEAD_DIM)
+
+
+def _spy_on_flex(monkeypatch) -> list:
+    calls = []
+    real = interface.flex_sf_attention
+
+    def spy(*args, **kwargs):
+        calls.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(interface, "flex_sf_attention", spy)
+    return calls
+
+
+def test_auto_picks_flex_on_cuda_without_flash_attn(monkeypatch):
+    monkeypatch.setattr(interface, "can_use_flash", lambda query: False)  # as on a machine without flash-attn
+    calls = _spy_on_flex(monkeypatch)
+    q, k, v = (torch.randn(1, heads, 64, FLEX_HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for heads in (4, 2, 2))
+    module = FakeAttention({"backend": "auto"}, num_key_value_groups=2).train()
+    assert interface.resolve_backend(q, k, v, interface.sf_config_from(module.config)) == "flex"
+    out, _ = sf_attention_forward(module, q, k, v, None)
+    out.float().sum().backward()
+    assert calls == [True]
+    sf_attention_forward(module, q, k, v, None, dropout=0.1)  # flex has no dropout: auto falls back
+    assert calls == [True]
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_gqa_split", "gemma2"])

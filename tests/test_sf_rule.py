@@ -17,10 +17,11 @@ HEAD_LAYOUTS = [(4, 4), (4, 2), (6, 2), (4, 1), (3, 1), (5, 5), (8, 2)]
 
 
 def run_against_reference(scenario: Scenario, num_heads: int, num_kv_heads: int, dtype=torch.float64, seed=0,
-                          attention_fn=sf_attention_forward, expected_params=None, training=True, device="cpu"):
+                          attention_fn=sf_attention_forward, expected_params=None, training=True, device="cpu",
+                          head_dim=8):
     """The attention function on ``device`` against the dense reference (on the CPU), outputs and gradients."""
     torch.manual_seed(seed)
-    batch, n, dim = len(scenario.rows), scenario.seq_len, 8
+    batch, n, dim = len(scenario.rows), scenario.seq_len, head_dim
     q = torch.randn(batch, num_heads, n, dim, dtype=dtype, requires_grad=True)
     k = torch.randn(batch, num_kv_heads, n, dim, dtype=dtype, requires_grad=True)
     v = torch.randn(batch, num_kv_heads, n, dim, dtype=dtype, requires_grad=True)

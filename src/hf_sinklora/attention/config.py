@@ -17,7 +17,7 @@ from .._checks import is_int, is_number
 
 CONFIG_ATTRIBUTE = "sf_attention"
 EVAL_MODES = ("full", "sf")
-BACKENDS = ("auto", "sdpa", "flash_attn")
+BACKENDS = ("auto", "sdpa", "flash_attn", "flex")
 _EPS = 1e-9
 
 
@@ -32,8 +32,11 @@ class SFAttentionConfig:
         shifted_head_ratio: fraction in [0, 1] of query heads (the last ``ceil(ratio * Hq)``)
             whose groups are shifted by ``G // 2``.
         eval_mode: attention when ``module.training`` is False: ``"full"`` (dense causal) or ``"sf"``.
-        backend: ``"auto"`` (flash-attn varlen on CUDA fp16/bf16 when installed, else grouped
-            SDPA), ``"sdpa"`` or ``"flash_attn"``.
+        backend: ``"auto"``: flash-attn varlen on CUDA fp16/bf16 when installed; otherwise on CUDA
+            ``flex_attention`` with the SF block mask when it can run the call (no dropout, head
+            dimension >= 16, triton present); otherwise grouped SDPA (on the CPU always the grouped
+            SDPA / CPU flash paths). ``"sdpa"``, ``"flash_attn"`` or ``"flex"`` force one backend
+            (``"flex"`` on the CPU: forward only, as torch has no CPU flex backward).
     """
 
     group_size_ratio: float = 0.25

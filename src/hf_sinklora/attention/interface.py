@@ -18,6 +18,7 @@ from transformers.utils import logging
 from ..cache.scored_attention import h2o_attention, h2o_layer_of
 from .config import SFAttentionConfig, sf_config_from
 from .flash_varlen import can_use_flash, flash_attn_available, flash_grouped_attention
+from .flex import flex_sf_attention, flex_unsupported_reason
 from .full_causal import full_causal_attention
 from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_window_free
 from .groups import build_group_layout
@@ -49,17 +50,42 @@ def _token_major(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0] * x.shape[2], x.shape[1], x.shape[3])
 
 
-def _use_flash(query: torch.Tensor, settings: SFAttentionConfig) -> bool:
-    if settings.backend == "sdpa":
-        return False
+def resolve_backend(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, settings: SFAttentionConfig, dropout: float = 0.0
+) -> str:
+    """The backend that runs an SF-Attn call: ``"flash_attn"``, ``"flex"`` or ``"sdpa"`` (grouped SDPA
+    and, for whole rows on the CPU, torch's CPU flash kernel).
+
+    ``"auto"``: flash-attn varlen when it can run (CUDA fp16/bf16, installed); else, on CUDA, flex
+    when it can run (no dropout, head dimension >= 16, triton present), since its block mask skips
+    hidden tiles without gathering the groups (``benchmarks/bench_attention.py --device cuda``
+    measures both); else grouped SDPA. The CPU never gets flex from ``"auto"``.
+
+    Args:
+        query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
+
+    Raises:
+        ValueError: an explicitly chosen backend cannot run this call; the message says why.
+    """
+    if settings.backend == "flex":
+        reason = flex_unsupported_reason(query, key, value, dropout)
+        if reason is not None:
+            raise ValueError(f"sf_attention backend='flex' cannot run: {reason}; use backend='auto' or 'sdpa'")
+        return "flex"
     if settings.backend == "flash_attn":
         if not can_use_flash(query):
             reason = "flash_attn is not installed" if not flash_attn_available() else (
                 f"tensors are {query.device.type}/{query.dtype}, flash-attn needs CUDA fp16/bf16"
             )
             raise ValueError(f"sf_attention backend='flash_attn' cannot run: {reason}; use backend='auto' or 'sdpa'")
-        return True
-    return can_use_flash(query)
+        return "flash_attn"
+    if settings.backend == "sdpa":
+        return "sdpa"
+    if can_use_flash(query):
+        return "flash_attn"
+    if query.is_cuda and flex_unsupported_reason(query, key, value, dropout) is None:
+        return "flex"
+    return "sdpa"
 
 
 def _class_inputs(
@@ -187,8 +213,9 @@ def grouped_sf_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
 ) -> torch.Tensor:
-    """SF-Attn over the given segments, one head class (unshifted, shifted) at a time: the
-    gather-free path for whole rows of one length, the layout path otherwise.
+    """SF-Attn over the given segments: ``flex_attention`` for all heads at once when
+    :func:`resolve_backend` says so; otherwise one head class (unshifted, shifted) at a time, the
+    gather-free path for whole rows of one length, the layout path for the rest.
 
     Args:
         query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
@@ -198,9 +225,13 @@ def grouped_sf_attention(
     Returns:
         ``(B, n, Hq, D)``; padding positions are zeros.
     """
+    backend = resolve_backend(query, key, value, settings, dropout)
+    if backend == "flex":
+        return flex_sf_attention(query, key, value, segments, settings, scale=scale, sliding_window=sliding_window,
+                                 softcap=softcap)
     batch_size, num_heads, seq_len, _ = query.shape
     repeats = num_heads // key.shape[1]
-    use_flash = _use_flash(query, settings)
+    use_flash = backend == "flash_attn"
     classes = _head_classes(num_heads, settings)
     uniform = segments.is_uniform and softcap is None and not use_flash
     if uniform and flash_cpu_available(query, dropout):
