@@ -28,6 +28,10 @@ from .uniform_cpu import flash_cpu_available, head_runs, uniform_flash_attention
 
 logger = logging.get_logger(__name__)  # transformers' logging: warning_once
 
+# Errors flex_attention raised under backend="auto" in this process: once one is recorded, auto
+# stops choosing flex (a kernel that failed to compile fails again, after seconds of compiling).
+_flex_failures: list[str] = []
+
 
 def _segments_for(query: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> Segments:
     batch_size, _, seq_len, _ = query.shape
@@ -83,7 +87,7 @@ def resolve_backend(
         return "sdpa"
     if can_use_flash(query):
         return "flash_attn"
-    if query.is_cuda and flex_unsupported_reason(query, key, value, dropout) is None:
+    if query.is_cuda and not _flex_failures and flex_unsupported_reason(query, key, value, dropout) is None:
         return "flex"
     return "sdpa"
 
@@ -227,8 +231,20 @@ def grouped_sf_attention(
     """
     backend = resolve_backend(query, key, value, settings, dropout)
     if backend == "flex":
-        return flex_sf_attention(query, key, value, segments, settings, scale=scale, sliding_window=sliding_window,
-                                 softcap=softcap)
+        try:
+            return flex_sf_attention(query, key, value, segments, settings, scale=scale,
+                                     sliding_window=sliding_window, softcap=softcap)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:  # a compile failure of the untested-here Triton kernel
+            if settings.backend == "flex":
+                raise
+            _flex_failures.append(f"{type(error).__name__}: {error}")
+            logger.warning_once(
+                f"sf_attention backend='auto': flex_attention failed ({_flex_failures[0]}); using grouped SDPA "
+                "for the rest of this process. Set backend='sdpa' to skip flex, or report the error."
+            )
+            backend = "sdpa"
     batch_size, num_heads, seq_len, _ = query.shape
     repeats = num_heads // key.shape[1]
     use_flash = backend == "flash_attn"
