@@ -99,11 +99,14 @@ def scored_attention(
             logits.div_(softcap).tanh_().mul_(softcap)
         if hidden is not None:
             logits[..., first:].masked_fill_(hidden[:, :, None], float("-inf"))
-        # softmax in place (every query sees at least itself, so no row is all -inf)
+        # softmax in place (every query sees at least itself, so no row is all -inf), left unnormalised:
+        # each row's 1 / sum scales its output row and weighs it in a matrix-vector product for the key
+        # mass, two passes over the scores fewer than dividing them and summing the probabilities
         logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-        probs = logits.div_(logits.sum(dim=-1, keepdim=True))
-        key_mass[..., :width] += probs.sum(dim=(2, 3))
-        chunk_out = torch.matmul(probs.to(values.dtype).view(batch, num_kv_heads, group * size, width), values[:, :, :width])
+        weights = logits.view(batch, num_kv_heads, group * size, width)
+        inverse_sums = weights.sum(dim=-1, keepdim=True).reciprocal_()  # (B, Hkv, group * size, 1)
+        key_mass[..., :width] += torch.matmul(inverse_sums.transpose(-1, -2), weights).squeeze(-2)
+        chunk_out = torch.matmul(weights.to(values.dtype), values[:, :, :width]).mul_(inverse_sums)
         out[:, :, :, start : start + size] = chunk_out.view(batch, num_kv_heads, group, size, head_dim)
     if group > 1:
         key_mass = key_mass / group
