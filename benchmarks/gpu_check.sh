@@ -5,7 +5,8 @@
 #      reference (outputs and gradients), backend="auto" choosing flex without flash-attn, H2O
 #      generation equal to DynamicCache (tests/test_cuda.py);
 #   3. the benchmarks with --device cuda: SF-Attn through grouped SDPA, flex (and flash-attn when
-#      installed) vs full causal SDPA -- which backend "auto" should prefer --, H2O decoding.
+#      installed) vs full causal SDPA -- which backend "auto" should prefer --, a whole LoRA+
+#      training step, H2O prefill and H2O decoding.
 # Results go to ${OUT:-benchmarks/results/gpu} (JSON + PNG + logs); the card is in nvidia-smi.txt.
 #
 #   device run: bash benchmarks/gpu_check.sh          (carry: [".whl"])
@@ -23,10 +24,15 @@ fi
   | tee "$out/versions.txt"
 
 status=0
-timeout 240 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/cuda_tests.log" || status=1
-timeout 180 "$python" benchmarks/bench_attention.py --device cuda --lengths 4096 8192 16384 32768 \
+# timeouts are caps that keep the whole script under 10 minutes (a capped benchmark loses its JSON)
+timeout 200 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/cuda_tests.log" || status=1
+timeout 150 "$python" benchmarks/bench_attention.py --device cuda --lengths 4096 8192 16384 32768 \
   --output-dir "$out" > "$out/bench_attention.log" 2>&1 || status=1
-timeout 150 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 32768 \
+timeout 80 "$python" benchmarks/bench_training_step.py --device cuda \
+  --output-dir "$out" > "$out/bench_training_step.log" 2>&1 || status=1
+timeout 60 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 16384 \
+  --output-dir "$out" > "$out/bench_h2o_prefill.log" 2>&1 || status=1
+timeout 70 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 32768 \
   --output-dir "$out" > "$out/bench_h2o.log" 2>&1 || status=1
 tail -3 "$out"/bench_*.log
 exit $status
