@@ -44,7 +44,7 @@ from hf_sinklora.demo import (  # noqa: E402
 from hf_sinklora.data.local_corpus import stdlib_source_files  # noqa: E402
 from hf_sinklora.data.sources import load_texts  # noqa: E402
 from hf_sinklora.evaluation import passkey_accuracy  # noqa: E402
-from hf_sinklora.experiment.base_model import cached_base_model  # noqa: E402
+from hf_sinklora.experiment.base_model import cached_base_model, row_mean_target_loss  # noqa: E402
 from hf_sinklora.experiment.long_range import (  # noqa: E402
     FINETUNING_MIXTURE, PRETRAINING_MIXTURE, TextSource, finetuning_examples, pretraining_examples,
 )
@@ -60,20 +60,6 @@ MIXTURES = {
     "text": {"text": 1.0},
 }
 DEFAULT_PROBES = ("sf:standard", "full:standard", "sf:in_group", "full:in_group", "sf:text", "full:text")
-
-
-def row_mean_target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of each row's mean next-token NLL on its labelled tokens (the base's pretraining loss).
-
-    Args:
-        logits: ``(B, T, V)``; labels: ``(B, T)``, -100 where unscored.
-    """
-    targets = labels[:, 1:]
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(),
-                                            ignore_index=-100, reduction="none").view(targets.shape)
-    scored = (targets != -100).float()
-    per_row = (nll * scored).sum(1) / scored.sum(1).clamp(min=1)
-    return per_row[scored.sum(1) > 0].mean()
 
 
 def scale_augmented_base(base: Path, texts: list[str], out: Path, *, steps: int, factors: list[float],

@@ -1,4 +1,4 @@
-"""benchmarks/retrieval_probes.py: its loss, the RoPE-scale-augmented base and its argument checks
+"""benchmarks/retrieval_probes.py: the loss it shares with the base's pretraining, the RoPE-scale-augmented base and its argument checks
 (the probes themselves train the demo's base for ~25 minutes, so they run as a benchmark)."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig
 
 from hf_sinklora.data.local_corpus import stdlib_source_files
 from hf_sinklora.data.sources import load_texts
+from hf_sinklora.experiment.base_model import row_mean_target_loss
 
 from .eval_helpers import english_tokenizer
 
@@ -26,7 +27,7 @@ def test_row_mean_target_loss_averages_rows_and_skips_unlabelled_ones():
     labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, -100, 5], [-100, -100, -100, -100]])
     nll = lambda row, t: -torch.log_softmax(logits[row, t - 1], -1)[labels[row, t]]  # noqa: E731
     expected = ((nll(0, 1) + nll(0, 2)) / 2 + nll(1, 3)) / 2
-    torch.testing.assert_close(retrieval_probes.row_mean_target_loss(logits, labels), expected)
+    torch.testing.assert_close(row_mean_target_loss(logits, labels), expected)
 
 
 def test_scale_augmented_base_saves_a_trained_copy_with_the_base_rope(tmp_path):

@@ -127,21 +127,31 @@ _ADDED_DEFAULTS = {"individual_digits": False, "add_bos": False, "mixture": (), 
                    "induction_kind": "tokens"}
 
 
+def row_mean_target_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The mean over rows of each row's mean next-token NLL over its labelled tokens (rows without
+    labels are skipped).
+
+    Args:
+        logits: ``(B, T, V)``; position ``t`` predicts token ``t + 1``.
+        labels: ``(B, T)``, -100 where unscored.
+    """
+    logits = logits[:, :-1].float()  # (B, T-1, V)
+    targets = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(targets.shape)
+    scored = (targets != -100).float()
+    per_row = (nll * scored).sum(1) / scored.sum(1).clamp(min=1)
+    return per_row[scored.sum(1) > 0].mean()
+
+
 class RowMeanLossTrainer(Trainer):
-    """``Trainer`` whose loss is the mean over rows of each row's mean next-token NLL over its
-    labelled tokens (rows without labels are skipped)."""
+    """``Trainer`` whose loss is :func:`row_mean_target_loss`."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: D102
         labels = inputs.pop("labels")  # (B, T), -100 where unscored
         outputs = model(**inputs, use_cache=False)
-        logits = outputs.logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
-        targets = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
-        ).view(targets.shape)
-        scored = (targets != -100).float()
-        per_row = (nll * scored).sum(1) / scored.sum(1).clamp(min=1)
-        loss = per_row[scored.sum(1) > 0].mean()
+        loss = row_mean_target_loss(outputs.logits, labels)
         return (loss, outputs) if return_outputs else loss
 
 
