@@ -432,6 +432,45 @@ def plot(rows: Sequence[dict[str, Any]], methods: Sequence[str], title: str, pat
     plt.close(figure)
 
 
+def _write_results(
+    settings: Settings, rows: list[dict[str, Any]], methods: Sequence[str], notes: list[str], env: dict[str, Any],
+    started: float, output_dir: Path,
+) -> tuple[dict[str, Any], Path, Path]:
+    """Writes the JSON and PNG for the rows measured so far; returns the document and both paths."""
+    notes = list(notes)
+    digests = sorted({m["hf_sinklora_source_digest"] for r in rows for m in r["methods"].values()} - {""})
+    if len(digests) > 1:
+        notes.append(f"hf_sinklora sources changed during the run (digests {digests}); rows may mix package versions.")
+        logger.warning(notes[-1])
+    document = {
+        "benchmark": "attention forward+backward: full causal SDPA vs SF-Attn vs S2-Attn",
+        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": [Path(sys.executable).name, *sys.argv],
+        "environment": {**env, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "settings": {**asdict(settings), "warmup": 1, "lengths": [r["n"] for r in rows],
+                     "sf_attention": SFAttentionConfig().to_dict()},
+        "methods": list(methods),
+        "auto_backend": _auto_backend(settings),
+        "timing_method": TIMING_METHOD,
+        "memory_method": CUDA_MEMORY_METHOD if is_cuda(settings.device) else CPU_MEMORY_METHOD,
+        "ratios": "speedup = median_s(sdpa) / median_s(method); memory_ratio = peak_extra(method) / peak_extra(sdpa)",
+        "notes": notes,
+        "goal": goal_summary(rows, settings.device),
+        "total_wall_s": round(time.perf_counter() - started, 1),
+        "rows": rows,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"bench_attention_{settings.device.split(':')[0]}"
+    json_path, png_path = output_dir / f"{stem}.json", output_dir / f"{stem}.png"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    title = (
+        f"{env['device_name']} ({settings.device}, {env['torch_num_threads']} threads): B={settings.batch}, "
+        f"Hq={settings.heads}, Hkv={settings.kv_heads}, D={settings.head_dim}, {settings.dtype}"
+    )
+    plot(rows, methods, title, png_path)
+    return document, json_path, png_path
+
+
 def run_benchmark(settings: Settings, lengths: Sequence[int], output_dir: Path, timeout_s: float) -> dict[str, Any]:
     """Measures every (method, n), then writes the JSON and PNG; returns the JSON document."""
     methods = _methods_for(settings.device)
@@ -445,37 +484,11 @@ def run_benchmark(settings: Settings, lengths: Sequence[int], output_dir: Path, 
     logger.info("environment: %s", json.dumps(env))
     logger.info("settings: %s; lengths %s", asdict(settings), list(lengths))
     started = time.perf_counter()
-    rows = [measure_length(n, methods, settings, timeout_s) for n in lengths]
+    rows: list[dict[str, Any]] = []
+    for n in lengths:  # the files are rewritten after every n, so a run stopped early keeps what it measured
+        rows.append(measure_length(n, methods, settings, timeout_s))
+        document, json_path, png_path = _write_results(settings, rows, methods, notes, env, started, output_dir)
     elapsed = time.perf_counter() - started
-    digests = sorted({m["hf_sinklora_source_digest"] for r in rows for m in r["methods"].values()} - {""})
-    if len(digests) > 1:
-        notes.append(f"hf_sinklora sources changed during the run (digests {digests}); rows may mix package versions.")
-        logger.warning(notes[-1])
-    document = {
-        "benchmark": "attention forward+backward: full causal SDPA vs SF-Attn vs S2-Attn",
-        "created_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": [Path(sys.executable).name, *sys.argv],
-        "environment": {**env, "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "settings": {**asdict(settings), "warmup": 1, "lengths": list(lengths), "sf_attention": SFAttentionConfig().to_dict()},
-        "methods": methods,
-        "auto_backend": _auto_backend(settings),
-        "timing_method": TIMING_METHOD,
-        "memory_method": CUDA_MEMORY_METHOD if is_cuda(settings.device) else CPU_MEMORY_METHOD,
-        "ratios": "speedup = median_s(sdpa) / median_s(method); memory_ratio = peak_extra(method) / peak_extra(sdpa)",
-        "notes": notes,
-        "goal": goal_summary(rows, settings.device),
-        "total_wall_s": round(elapsed, 1),
-        "rows": rows,
-    }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_attention_{settings.device.split(':')[0]}"
-    json_path, png_path = output_dir / f"{stem}.json", output_dir / f"{stem}.png"
-    json_path.write_text(json.dumps(document, indent=2) + "\n")
-    title = (
-        f"{env['device_name']} ({settings.device}, {env['torch_num_threads']} threads): B={settings.batch}, "
-        f"Hq={settings.heads}, Hkv={settings.kv_heads}, D={settings.head_dim}, {settings.dtype}"
-    )
-    plot(rows, methods, title, png_path)
     logger.info("results (%.0f s in all):\n%s", elapsed, summary_table(rows, methods))
     goal = document["goal"]
     if goal["measured_speedup"] is not None:

@@ -152,13 +152,17 @@ def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: s
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": env,
         "repeats": repeats,
-        "shapes": [{"shape": asdict(shape), "cells": [measure(shape, n, repeats, device) for n in lengths]}
-                   for shape in shapes],
+        "shapes": [],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     stem = output_dir / f"bench_training_step_{'cuda' if device.startswith('cuda') else 'cpu'}"
-    stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
-    plot(document, stem.with_suffix(".png"))
+    for shape in shapes:
+        entry = {"shape": asdict(shape), "cells": []}
+        document["shapes"].append(entry)
+        for n in lengths:  # rewritten after every cell, so a run stopped early keeps what it measured
+            entry["cells"].append(measure(shape, n, repeats, device))
+            stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
+            plot(document, stem.with_suffix(".png"))
     return document
 
 

@@ -1,38 +1,63 @@
 #!/usr/bin/env bash
 # The GPU check, in one command for a lent machine (device tool), under 10 minutes:
-#   1. install the package over the image's CUDA torch (wheels carried in .whl/, see gpu_wheels.sh);
+#   1. the package and the wheels carried in .whl/ (see gpu_wheels.sh) on the image's CUDA torch;
 #   2. the CUDA-marked tests: SDPA, flash-attn and flex backends in bf16/fp16 against the dense
 #      reference (outputs and gradients), backend="auto" choosing flex without flash-attn, H2O
 #      generation equal to DynamicCache (tests/test_cuda.py);
 #   3. the benchmarks with --device cuda: SF-Attn through grouped SDPA, flex (and flash-attn when
 #      installed) vs full causal SDPA -- which backend "auto" should prefer --, a whole LoRA+
 #      training step, H2O prefill and H2O decoding.
-# Results go to ${OUT:-benchmarks/results/gpu} (JSON + PNG + logs); the card is in nvidia-smi.txt.
+# Results (JSON + PNG + logs; the card in nvidia-smi.txt) go to $GPU_RESULTS (default
+# benchmarks/results/gpu). Under the device tool, which returns at most 8 files from $OUT, they are
+# packed into $OUT/gpu_results.tar.gz after every step, so a step stopped by its cap loses nothing
+# that finished before it; the benchmarks themselves rewrite their JSON after every length.
 #
 #   device run: bash benchmarks/gpu_check.sh          (carry: [".whl"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-benchmarks/results/gpu}
-mkdir -p "$out"
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1
+results=${GPU_RESULTS:-benchmarks/results/gpu}
+mkdir -p "$results"
 python=${PYTHON:-python3}
-if [ -d .whl ]; then
-  "$python" -m pip install -q --no-index --find-links .whl --no-deps .whl/*.whl > "$out/install.log" 2>&1
+export PYTHONUNBUFFERED=1
+
+pack() {
+  if [ -n "${OUT:-}" ]; then tar czf "$OUT/gpu_results.tar.gz" -C "$(dirname "$results")" "$(basename "$results")"; fi
+}
+
+nvidia-smi > "$results/nvidia-smi.txt" 2>&1
+if [ -d .whl ]; then  # into a side folder that shadows the image's older versions, as the tool's notes advise
+  "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    > "$results/install.log" 2>&1 || { echo "wheel install failed"; cat "$results/install.log"; pack; exit 1; }
+  export PYTHONPATH=/tmp/site
 fi
-"$python" -m pip install -q --no-index --no-deps --no-build-isolation -e . >> "$out/install.log" 2>&1
-"$python" -c "import torch, transformers, hf_sinklora; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())" \
-  | tee "$out/versions.txt"
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$python" -c "import torch, transformers, peft, hf_sinklora; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__, torch.cuda.get_device_name())" \
+  2>&1 | tee "$results/versions.txt"
+pack
 
 status=0
-# timeouts are caps that keep the whole script under 10 minutes (a capped benchmark loses its JSON)
-timeout 200 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/cuda_tests.log" || status=1
-timeout 150 "$python" benchmarks/bench_attention.py --device cuda --lengths 4096 8192 16384 32768 \
-  --output-dir "$out" > "$out/bench_attention.log" 2>&1 || status=1
-timeout 80 "$python" benchmarks/bench_training_step.py --device cuda \
-  --output-dir "$out" > "$out/bench_training_step.log" 2>&1 || status=1
-timeout 60 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 16384 \
-  --output-dir "$out" > "$out/bench_h2o_prefill.log" 2>&1 || status=1
-timeout 70 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 32768 \
-  --output-dir "$out" > "$out/bench_h2o.log" 2>&1 || status=1
-tail -3 "$out"/bench_*.log
+step() {  # step NAME CAP_SECONDS COMMAND...: runs one capped step, logs it, packs the results
+  local name=$1 cap=$2
+  shift 2
+  local started=$SECONDS
+  timeout "$cap" "$@" > "$results/$name.log" 2>&1
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then status=1; echo "$name: exit $rc$([ "$rc" -eq 124 ] && echo ", stopped by its ${cap} s cap")"; fi
+  echo "$name: $((SECONDS - started)) s"
+  tail -4 "$results/$name.log"
+  pack
+}
+
+per_test_cap=()
+if "$python" -c "import pytest_timeout" 2>/dev/null; then per_test_cap=(--timeout 60); fi
+# caps keep the whole script under 10 minutes
+step cuda_tests 160 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs "${per_test_cap[@]}"
+step bench_attention 150 "$python" benchmarks/bench_attention.py --device cuda --lengths 8192 16384 32768 \
+  --timeout 60 --output-dir "$results"
+step bench_training_step 90 "$python" benchmarks/bench_training_step.py --device cuda --output-dir "$results"
+step bench_h2o_prefill 50 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 16384 \
+  --output-dir "$results"
+step bench_h2o 60 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 --output-dir "$results"
+echo "total: $SECONDS s"
+pack
 exit $status
