@@ -52,13 +52,13 @@ def prefill_seconds(model: Any, ids: torch.Tensor, cache: Any, chunk: int | None
     return time.perf_counter() - started
 
 
-def measure(n: int, budget: float, chunk: int, repeats: int, device: str) -> dict[str, Any]:
+def measure(n: int, budget: float, chunk: int, repeats: int, device: str, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
     config = default_config(n)
     torch.manual_seed(0)
     # each model its own config: from_config keeps the object it is given, and the second call would
     # switch the first model's attention too (the baseline then ran sf_attention, not stock SDPA)
-    sdpa = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa").to(device).eval()
-    sf = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sf_attention").to(device).eval()
+    sdpa = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sdpa", dtype=dtype).to(device).eval()
+    sf = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="sf_attention", dtype=dtype).to(device).eval()
     if sdpa.config._attn_implementation != "sdpa":
         raise RuntimeError(f"the baseline runs {sdpa.config._attn_implementation}, not sdpa")
     sf.load_state_dict(sdpa.state_dict())
@@ -174,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="prefill chunk of h2o-chunked")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--memory", action="store_true", help="peak RSS per prefill, each run in a fresh process (CPU)")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -183,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     env = environment(args.device)
+    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
     if args.memory:
         if args.device != "cpu":
             parser.error("--memory measures process RSS: CPU only (use --device cpu)")
@@ -203,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "title": f"H2O prefill vs SDPA ({env['device_name']}, {args.device})",
         "environment": env,
         "settings": vars(args) | {"output_dir": str(args.output_dir)},
-        "rows": [measure(n, args.budget, args.chunk, args.repeats, args.device) for n in args.lengths],
+        "rows": [measure(n, args.budget, args.chunk, args.repeats, args.device, dtype) for n in args.lengths],
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / f"bench_h2o_prefill_{'cuda' if args.device.startswith('cuda') else 'cpu'}"

@@ -36,6 +36,7 @@ from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 import hf_sinklora
+from hf_sinklora.attention.config import BACKENDS
 
 logger = logging.getLogger("bench_training_step")
 CONTENDERS = ("sdpa", "sf_attention")
@@ -77,15 +78,22 @@ def predicted_ratio(shape: Shape, n: int, settings: hf_sinklora.SFAttentionConfi
     return (linear + per_pair * sf_pairs) / (linear + per_pair * full_pairs)
 
 
-def build_models(shape: Shape, n: int, device: str) -> dict[str, torch.nn.Module]:
+def contenders(extra_backends: Sequence[str]) -> list[str]:
+    """``sdpa``, ``sf_attention`` (``backend="auto"``) and one ``sf_attention:<backend>`` per extra backend."""
+    return [*CONTENDERS, *(f"sf_attention:{backend}" for backend in extra_backends)]
+
+
+def build_models(shape: Shape, n: int, device: str, dtype: torch.dtype, names: Sequence[str]) -> dict[str, torch.nn.Module]:
     """The same LoRA+ model under each attention."""
     models = {}
-    for implementation in CONTENDERS:
+    for name in names:
+        implementation, _, backend = name.partition(":")
         torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_config(shape.config(n), attn_implementation=implementation).to(device)
-        hf_sinklora.configure_sf_attention(base)
+        base = AutoModelForCausalLM.from_config(shape.config(n), attn_implementation=implementation, dtype=dtype)
+        base = base.to(device)
+        hf_sinklora.configure_sf_attention(base, backend=backend or "auto")
         torch.manual_seed(1)
-        models[implementation] = get_peft_model(base, hf_sinklora.sinklora_lora_config(base)).train()
+        models[name] = get_peft_model(base, hf_sinklora.sinklora_lora_config(base)).train()
     return models
 
 
@@ -100,23 +108,28 @@ def timed_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ids: to
     return time.perf_counter() - started
 
 
-def measure(shape: Shape, n: int, repeats: int, device: str) -> dict[str, Any]:
-    models = build_models(shape, n, device)
+def measure(shape: Shape, n: int, repeats: int, device: str, dtype: torch.dtype = torch.float32,
+            extra_backends: Sequence[str] = ()) -> dict[str, Any]:
+    names = contenders(extra_backends)
+    models = build_models(shape, n, device, dtype, names)
     optimizers = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4) for k, m in models.items()}
     ids = torch.randint(0, shape.vocab, (1, n), generator=torch.Generator().manual_seed(2)).to(device)
-    times: dict[str, list[float]] = {name: [] for name in CONTENDERS}
-    for name in CONTENDERS:  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm-up
         timed_step(models[name], optimizers[name], ids, device)
     for _ in range(repeats):
-        for name in CONTENDERS:  # alternate, so load on a shared machine hits both alike
+        for name in names:  # alternate, so load on a shared machine hits both alike
             times[name].append(timed_step(models[name], optimizers[name], ids, device))
     medians = {name: statistics.median(values) for name, values in times.items()}
     ratio = medians["sf_attention"] / medians["sdpa"]
     prediction = predicted_ratio(shape, n, hf_sinklora.SFAttentionConfig())
     logger.info("%s n=%d: sdpa %.3fs, sf %.3fs, sf/sdpa %.3f (FLOP prediction %.3f)", shape.name, n,
                 medians["sdpa"], medians["sf_attention"], ratio, prediction)
+    extra_ratios = {name: medians[name] / medians["sdpa"] for name in names[len(CONTENDERS):]}
+    for name, value in extra_ratios.items():
+        logger.info("%s n=%d: %s %.3fs, /sdpa %.3f", shape.name, n, name, medians[name], value)
     return {"n": n, "seconds": times, "median_s": medians, "ratio": ratio, "predicted_ratio": prediction,
-            "within_5_percent": ratio <= prediction * 1.05}
+            "within_5_percent": ratio <= prediction * 1.05, "extra_ratios": extra_ratios}
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
@@ -144,7 +157,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
-def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: str, output_dir: Path) -> dict[str, Any]:
+def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: str, output_dir: Path,
+        dtype: torch.dtype = torch.float32, extra_backends: Sequence[str] = ()) -> dict[str, Any]:
     env = environment(device)
     document = {
         "benchmark": "whole training step (LoRA+, train mode, 2-layer Llama): sf_attention vs causal SDPA",
@@ -152,6 +166,8 @@ def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: s
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": env,
         "repeats": repeats,
+        "dtype": str(dtype).removeprefix("torch."),
+        "extra_backends": list(extra_backends),
         "shapes": [],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +176,7 @@ def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: s
         entry = {"shape": asdict(shape), "cells": []}
         document["shapes"].append(entry)
         for n in lengths:  # rewritten after every cell, so a run stopped early keeps what it measured
-            entry["cells"].append(measure(shape, n, repeats, device))
+            entry["cells"].append(measure(shape, n, repeats, device, dtype, extra_backends))
             stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
             plot(document, stem.with_suffix(".png"))
     return document
@@ -173,12 +189,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--quick", action="store_true", help="tiny shape, n = 256/512, 1 repeat (a smoke run)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    parser.add_argument("--extra-backends", nargs="*", default=[], choices=[b for b in BACKENDS if b != "auto"],
+                        help="also time sf_attention with these backends forced (e.g. sdpa flex on CUDA)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
     if args.quick:
-        run([256, 512], QUICK_SHAPES, 1, args.device, args.output_dir)
+        run([256, 512], QUICK_SHAPES, 1, args.device, args.output_dir, dtype, args.extra_backends)
     else:
-        run(args.lengths, SHAPES, args.repeats, args.device, args.output_dir)
+        run(args.lengths, SHAPES, args.repeats, args.device, args.output_dir, dtype, args.extra_backends)
 
 
 if __name__ == "__main__":

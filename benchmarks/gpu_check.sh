@@ -13,6 +13,8 @@
 # that finished before it; the benchmarks themselves rewrite their JSON after every length.
 #
 #   device run: bash benchmarks/gpu_check.sh          (carry: [".whl"])
+#   a subset:   bash benchmarks/gpu_check.sh cuda_tests bench_attention   (ATTENTION_LENGTHS="16384 32768",
+#               TRAINING_LENGTHS="8192 16384" shorten those two benchmarks)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${GPU_RESULTS:-benchmarks/results/gpu}
@@ -36,9 +38,11 @@ export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 pack
 
 status=0
+wanted=("$@")
 step() {  # step NAME CAP_SECONDS COMMAND...: runs one capped step, logs it, packs the results
   local name=$1 cap=$2
   shift 2
+  if [ ${#wanted[@]} -gt 0 ] && [[ " ${wanted[*]} " != *" $name "* ]]; then return; fi
   local started=$SECONDS
   timeout "$cap" "$@" > "$results/$name.log" 2>&1
   local rc=$?
@@ -51,13 +55,16 @@ step() {  # step NAME CAP_SECONDS COMMAND...: runs one capped step, logs it, pac
 per_test_cap=()
 if "$python" -c "import pytest_timeout" 2>/dev/null; then per_test_cap=(--timeout 60); fi
 # caps keep the whole script under 10 minutes
-step cuda_tests 160 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs "${per_test_cap[@]}"
-step bench_attention 150 "$python" benchmarks/bench_attention.py --device cuda --lengths 8192 16384 32768 \
+step cuda_tests 120 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs "${per_test_cap[@]}"
+# shellcheck disable=SC2086  # the lengths are meant to split
+step bench_attention 170 "$python" benchmarks/bench_attention.py --device cuda --lengths ${ATTENTION_LENGTHS:-8192 16384 32768} \
   --timeout 60 --output-dir "$results"
-step bench_training_step 90 "$python" benchmarks/bench_training_step.py --device cuda --output-dir "$results"
-step bench_h2o_prefill 50 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 16384 \
+# shellcheck disable=SC2086
+step bench_training_step 110 "$python" benchmarks/bench_training_step.py --device cuda --extra-backends flex \
+  --lengths ${TRAINING_LENGTHS:-4096 8192 16384} --output-dir "$results"
+step bench_h2o_prefill 40 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 16384 \
   --output-dir "$results"
-step bench_h2o 60 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 --output-dir "$results"
+step bench_h2o 50 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 --output-dir "$results"
 echo "total: $SECONDS s"
 pack
 exit $status

@@ -79,14 +79,21 @@ def dense_attention(
     mask: torch.Tensor,
     scale: float | None = None,
     softcap: float | None = None,
+    upcast: bool = True,
 ) -> torch.Tensor:
-    """Eager attention under a ``(B, Hq, n, n)`` mask; ``(B, n, Hq, D)``, zeros on empty rows."""
+    """Eager attention under a ``(B, Hq, n, n)`` mask; ``(B, n, Hq, D)``, zeros on empty rows.
+
+    ``upcast=True`` computes in float64; ``upcast=False`` as a low-precision kernel would: matrix
+    products in the inputs' dtype, softmax in float32 (the rounding a bf16/fp16 kernel cannot avoid)."""
     repeats = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(repeats, dim=1)
     value = value.repeat_interleave(repeats, dim=1)
-    scores = query.double() @ key.double().transpose(-1, -2) * (scale or query.shape[-1] ** -0.5)
+    compute = torch.float64 if upcast else query.dtype
+    scores = (query.to(compute) @ key.to(compute).transpose(-1, -2)).double() * (scale or query.shape[-1] ** -0.5)
+    if not upcast:
+        scores = scores.float()
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
-    return (probs @ value.double()).to(query.dtype).transpose(1, 2)
+    return (probs.to(compute) @ value.to(compute)).to(query.dtype).transpose(1, 2)

@@ -1,6 +1,6 @@
 """CUDA checks, run by ``benchmarks/gpu_check.sh`` on a GPU machine (skipped without CUDA): the
 SDPA, flash-attn and flex backends in bf16/fp16 against the dense reference (outputs and gradients),
-``backend="auto"`` choosing flex when flash-attn cannot run, and H2O generation equal to
+``backend="auto"`` taking grouped SDPA when flash-attn cannot run, and H2O generation equal to
 ``DynamicCache`` when the budget covers everything."""
 
 from __future__ import annotations
@@ -68,31 +68,23 @@ def test_flex_backend_on_cuda_with_softcap_matches_reference():
     run_against_reference(scenario, 4, 2, dtype=torch.bfloat16, device="cuda", head_dim=FLEX_HEAD_DIM)
 
 
-def _spy_on_flex(monkeypatch) -> list:
-    calls = []
-    real = interface.flex_sf_attention
-
-    def spy(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(True)  # after the call: auto hides a failing flex behind its SDPA fallback
-        return out
-
-    monkeypatch.setattr(interface, "flex_sf_attention", spy)
-    return calls
-
-
-def test_auto_picks_flex_on_cuda_without_flash_attn(monkeypatch):
+def test_auto_on_cuda_without_flash_attn_runs_grouped_sdpa(monkeypatch):
+    """Grouped SDPA beat flex on an H100, so auto takes it: flex is never called, the result is backend="sdpa"'s."""
     monkeypatch.setattr(interface, "can_use_flash", lambda query: False)  # as on a machine without flash-attn
-    calls = _spy_on_flex(monkeypatch)
+
+    def flex_called(*args, **kwargs):
+        raise AssertionError("backend='auto' called flex")
+
+    monkeypatch.setattr(interface, "flex_sf_attention", flex_called)
     q, k, v = (torch.randn(1, heads, 64, FLEX_HEAD_DIM, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for heads in (4, 2, 2))
-    module = FakeAttention({"backend": "auto"}, num_key_value_groups=2).train()
-    assert interface.resolve_backend(q, k, v, interface.sf_config_from(module.config)) == "flex"
-    out, _ = sf_attention_forward(module, q, k, v, None)
-    out.float().sum().backward()
-    assert calls == [True]
-    sf_attention_forward(module, q, k, v, None, dropout=0.1)  # flex has no dropout: auto falls back
-    assert calls == [True]
+    outputs = []
+    for backend in ("auto", "sdpa"):
+        module = FakeAttention({"backend": backend}, num_key_value_groups=2).train()
+        out, _ = sf_attention_forward(module, q, k, v, None)
+        out.float().sum().backward()
+        outputs.append(out)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_gqa_split", "gemma2"])

@@ -14,8 +14,11 @@ import torch
 
 from .h2o_layer import H2OLayer
 
-# Scores materialised per query chunk (elements): 2**22 float32 = 16 MiB.
+# Scores materialised per query chunk (elements): 2**22 float32 = 16 MiB on the CPU. On CUDA 2**26
+# (256 MiB): every chunk costs a few host syncs and a dozen kernel launches, and at 2**22 a 16k-token
+# prefill of 32 heads ran 8-query chunks, 22x slower than SDPA on an H100.
 SCORE_CHUNK_ELEMENTS = 2**22
+CUDA_SCORE_CHUNK_ELEMENTS = 2**26
 
 
 def scored_attention(
@@ -38,7 +41,8 @@ def scored_attention(
             (their output is unused and they give no score); None when all are real.
         sliding_window: keys ``window`` or more positions back are hidden.
         softcap: Gemma2-style ``tanh`` logit soft-capping.
-        chunk_elements: bound on the scores held at once (default :data:`SCORE_CHUNK_ELEMENTS`).
+        chunk_elements: bound on the scores held at once (default :data:`SCORE_CHUNK_ELEMENTS`,
+            :data:`CUDA_SCORE_CHUNK_ELEMENTS` on CUDA).
 
     Returns:
         ``out (B, q, Hq, D)`` and ``key_mass (B, Hkv, slots)`` float32: each slot's probability
@@ -58,7 +62,9 @@ def scored_attention(
     softmax_dtype = torch.promote_types(query.dtype, torch.float32)
     slot_index = torch.arange(num_slots, device=query.device)
 
-    chunk = max(1, (chunk_elements or SCORE_CHUNK_ELEMENTS) // max(1, batch * num_heads * num_slots))
+    if chunk_elements is None:
+        chunk_elements = CUDA_SCORE_CHUNK_ELEMENTS if query.is_cuda else SCORE_CHUNK_ELEMENTS
+    chunk = max(1, chunk_elements // max(1, batch * num_heads * num_slots))
     key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=softmax_dtype, device=query.device)
     out = query.new_empty(batch, num_kv_heads, group, num_queries, head_dim)
     # one score buffer for every chunk: chunks differ in width (slots past the chunk's last query are
