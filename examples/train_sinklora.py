@@ -35,6 +35,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from trl import SFTConfig
 
 import hf_sinklora
+from hf_sinklora.training.runs import end_process_group
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -113,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer.save_model()  # adapter + config.json (RoPE, sf_attention) + tokenizer + README.md card
     if args.push_to_hub and trainer.is_world_process_zero():
         hf_sinklora.push_adapter(args.output_dir, args.push_to_hub)
+    end_process_group()
 
 
 if __name__ == "__main__":

@@ -48,8 +48,10 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def run_train_command(args: argparse.Namespace) -> int:
     from .recipe import run_training
+    from .runs import end_process_group
 
     summary = run_training(settings_from_args(args))
+    end_process_group()
     if summary.pop("main_process"):  # under accelerate launch, one summary
         print(format_summary(summary))
     return 0

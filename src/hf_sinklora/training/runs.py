@@ -138,3 +138,15 @@ class SaveOnInterrupt(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._restore()
+
+
+def end_process_group() -> None:
+    """Destroys the ``torch.distributed`` process group ``accelerate launch`` set up, if any.
+
+    Called when a run's work is done: a process that exits with the group alive can abort in its
+    NCCL/Gloo teardown ("terminate called without an active exception") after a successful run.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
