@@ -74,7 +74,10 @@ import torch.nn.functional as F
 from transformers import PretrainedConfig
 
 import hf_sinklora  # noqa: F401  (registers sf_attention / s2_attention with transformers, as in a real run)
-from bench_common import DEFAULT_OUTPUT_DIR, environment, is_cuda, length_axis, package_digest, synchronize
+from bench_common import (
+    DEFAULT_OUTPUT_DIR, add_dtype_argument, dtype_name_for, environment, is_cuda, length_axis, package_digest,
+    synchronize,
+)
 from hf_sinklora.attention import SFAttentionConfig, s2_attention_forward, sf_attention_forward
 from hf_sinklora.attention.flash_varlen import flash_attn_available
 from hf_sinklora.attention.interface import resolve_backend
@@ -90,7 +93,6 @@ GOAL_LENGTH = 8192
 GOAL_SPEEDUP = 3.5
 GOAL_MEMORY_RATIO = 1.0
 TINY_LENGTH = 256
-DTYPES = ("float32", "bfloat16", "float16")
 
 TIMING_METHOD = (
     "Wall time (time.perf_counter) of forward + backward of one attention call, in a fresh child "
@@ -507,7 +509,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=128, help="head dimension D")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per (method, n) after 1 warm-up")
     parser.add_argument("--threads", type=int, default=None, help="torch threads in the children (default: torch's)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    add_dtype_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR, help="where the JSON and PNG go")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per child measurement")
@@ -520,8 +522,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--repeats and --lengths must be positive")
     if not (args.device == "cpu" or args.device.startswith("cuda")):
         parser.error(f"--device must be cpu or cuda[:index], got {args.device!r}")
-    if args.dtype is None:
-        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    args.dtype = dtype_name_for(args.dtype, args.device)
     return args
 
 

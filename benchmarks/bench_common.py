@@ -15,6 +15,7 @@ import transformers
 import hf_sinklora
 
 DEFAULT_OUTPUT_DIR = Path(__file__).resolve().parent / "results"
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
 
 
 def package_digest() -> str:
@@ -25,6 +26,16 @@ def package_digest() -> str:
         digest.update(path.relative_to(root).as_posix().encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
+
+
+def add_dtype_argument(parser: Any) -> None:
+    """``--dtype``, one of :data:`DTYPE_NAMES`; None until :func:`dtype_name_for` fills in the device's default."""
+    parser.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+
+
+def dtype_name_for(dtype: str | None, device: str) -> str:
+    """``dtype``, or when None the device's default: float32 on the CPU, bfloat16 on CUDA."""
+    return dtype or ("float32" if device == "cpu" else "bfloat16")
 
 
 def is_cuda(device: str) -> bool:

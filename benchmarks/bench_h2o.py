@@ -57,7 +57,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import DEFAULT_OUTPUT_DIR, environment, is_cuda, length_axis, synchronize
+from bench_common import (
+    DEFAULT_OUTPUT_DIR, add_dtype_argument, dtype_name_for, environment, is_cuda, length_axis, synchronize,
+)
 from transformers import AutoModelForCausalLM, DynamicCache, LlamaConfig
 from transformers.cache_utils import Cache
 
@@ -69,7 +71,6 @@ logger = logging.getLogger("bench_h2o")
 
 BASELINE = "dynamic"
 GOAL = {"n": 16384, "budget": 0.2, "speedup": 3.0, "kv_ratio": 0.21}
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -124,7 +125,7 @@ def default_config(max_length: int) -> LlamaConfig:
 
 def load_models(settings: Settings, max_length: int) -> dict[str, torch.nn.Module]:
     """The same weights twice: stock SDPA (baseline) and ``sf_attention`` (which H2O needs)."""
-    dtype = DTYPES[settings.dtype]
+    dtype = getattr(torch, settings.dtype)
     models = {}
     for implementation in ("sdpa", "sf_attention"):
         if settings.model:
@@ -319,7 +320,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-steps", type=int, default=24, help="timed decode steps")
     parser.add_argument("--warmup-steps", type=int, default=4, help="untimed decode steps first")
     parser.add_argument("--model", default=None, help="checkpoint path or hub id (default: the built-in random model)")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    add_dtype_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
@@ -328,8 +329,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--budgets and --policy-budget must be fractions in (0, 1]")
     if min(args.lengths) < 16 or args.chunk < 1 or args.decode_steps < 1 or args.warmup_steps < 0:
         parser.error("--lengths must be >= 16, --chunk and --decode-steps >= 1, --warmup-steps >= 0")
-    if args.dtype is None:
-        args.dtype = "float32" if args.device == "cpu" else "bfloat16"
+    args.dtype = dtype_name_for(args.dtype, args.device)
     return args
 
 

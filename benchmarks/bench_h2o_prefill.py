@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import DEFAULT_OUTPUT_DIR, environment, length_axis, synchronize
+from bench_common import DEFAULT_OUTPUT_DIR, add_dtype_argument, dtype_name_for, environment, length_axis, synchronize
 from bench_h2o import default_config
 from transformers import AutoModelForCausalLM, DynamicCache
 
@@ -174,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=1024, help="prefill chunk of h2o-chunked")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    add_dtype_argument(parser)
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--memory", action="store_true", help="peak RSS per prefill, each run in a fresh process (CPU)")
     parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
@@ -185,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     env = environment(args.device)
-    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
+    dtype = getattr(torch, dtype_name_for(args.dtype, args.device))
     if args.memory:
         if args.device != "cpu":
             parser.error("--memory measures process RSS: CPU only (use --device cpu)")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import DEFAULT_OUTPUT_DIR, environment, length_axis, synchronize
+from bench_common import DEFAULT_OUTPUT_DIR, add_dtype_argument, dtype_name_for, environment, length_axis, synchronize
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -189,13 +189,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda[:index]")
     parser.add_argument("--output-dir", type=Path, default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--quick", action="store_true", help="tiny shape, n = 256/512, 1 repeat (a smoke run)")
-    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="model dtype (default: float32 on CPU, bfloat16 on CUDA)")
+    add_dtype_argument(parser)
     parser.add_argument("--extra-backends", nargs="*", default=[], choices=[b for b in BACKENDS if b != "auto"],
                         help="also time sf_attention with these backends forced (e.g. sdpa flex on CUDA)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
+    dtype = getattr(torch, dtype_name_for(args.dtype, args.device))
     if args.quick:
         run([256, 512], QUICK_SHAPES, 1, args.device, args.output_dir, dtype, args.extra_backends)
     else:

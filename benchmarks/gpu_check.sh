@@ -2,7 +2,7 @@
 # The GPU check, in one command for a lent machine (device tool), under 10 minutes:
 #   1. the package and the wheels carried in .whl/ (see gpu_wheels.sh) on the image's CUDA torch;
 #   2. the CUDA-marked tests: SDPA, flash-attn and flex backends in bf16/fp16 against the dense
-#      reference (outputs and gradients), backend="auto" choosing flex without flash-attn, H2O
+#      reference (outputs and gradients), backend="auto" taking grouped SDPA without flash-attn, H2O
 #      generation equal to DynamicCache (tests/test_cuda.py);
 #   3. the benchmarks with --device cuda: SF-Attn through grouped SDPA, flex (and flash-attn when
 #      installed) vs full causal SDPA -- which backend "auto" should prefer --, a whole LoRA+

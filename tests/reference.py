@@ -89,9 +89,8 @@ def dense_attention(
     key = key.repeat_interleave(repeats, dim=1)
     value = value.repeat_interleave(repeats, dim=1)
     compute = torch.float64 if upcast else query.dtype
-    scores = (query.to(compute) @ key.to(compute).transpose(-1, -2)).double() * (scale or query.shape[-1] ** -0.5)
-    if not upcast:
-        scores = scores.float()
+    softmax_dtype = torch.float64 if upcast else torch.float32
+    scores = (query.to(compute) @ key.to(compute).transpose(-1, -2)).to(softmax_dtype) * (scale or query.shape[-1] ** -0.5)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     scores = scores.masked_fill(~mask, float("-inf"))

@@ -13,7 +13,6 @@ from hf_sinklora.attention.interface import s2_attention_forward
 from .helpers import FakeAttention, Scenario, random_scenario
 from .reference import dense_attention, describe_tokens, sf_reference_mask
 
-RATIO = 2
 HEAD_LAYOUTS = [(4, 4), (4, 2), (6, 2), (4, 1), (3, 1), (5, 5), (8, 2)]
 
 

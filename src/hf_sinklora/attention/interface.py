@@ -28,6 +28,7 @@ from .uniform_cpu import flash_cpu_available, head_runs, uniform_flash_attention
 
 logger = logging.get_logger(__name__)  # transformers' logging: warning_once
 
+
 def _segments_for(query: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict[str, Any]) -> Segments:
     batch_size, _, seq_len, _ = query.shape
     position_ids = kwargs.get("position_ids")
@@ -57,8 +58,8 @@ def resolve_backend(
 
     ``"auto"``: flash-attn varlen when it can run (CUDA fp16/bf16, installed); else grouped SDPA.
     ``"auto"`` never picks flex: on an H100 (bf16, Llama-3-8B's attention shape, forward+backward)
-    grouped SDPA ran 1.86x / 3.06x faster than full causal SDPA at 16k / 32k tokens and flex only
-    1.3x at 16k (``benchmarks/results/gpu/``); flex holds about 0.6x grouped SDPA's extra memory,
+    grouped SDPA ran 1.86x / 2.85x faster than full causal SDPA at 16k / 32k tokens and flex
+    1.30x / 2.02x (``benchmarks/results/gpu/``); flex holds about 0.65x grouped SDPA's extra memory,
     so ask for it with ``backend="flex"`` where memory, not time, is short.
 
     Args:
