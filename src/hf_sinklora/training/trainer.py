@@ -1,6 +1,9 @@
 """``SinkLoRATrainer``: TRL's ``SFTTrainer`` whose every save is a complete SinkLoRA output.
 
-Training is stock ``SFTTrainer`` (the model only needs ``attn_implementation="sf_attention"``).
+Training is stock ``SFTTrainer`` (the model only needs ``attn_implementation="sf_attention"``),
+except that where TRL's fused LM head would project every position (no Triton: the CPU, MPS) the
+loss comes from the model's own head run on the scored positions only
+(:mod:`hf_sinklora.training.scored_positions`): the same loss, about twice as fast on a CPU.
 What this subclass adds is on the save side, for the final save and every checkpoint:
 
 * ``config.json`` of the base model, with its RoPE scaling and ``sf_attention`` settings, next
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import math
 import os
@@ -25,13 +29,16 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from huggingface_hub import EvalResult
+from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from ..hub.auto import SinkLoRAAdapterConfig
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
 from ..hub.files import staged_save, write_text_atomic
+from .scored_positions import fused_head_projects_every_position, scored_positions, token_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +120,51 @@ class SinkLoRATrainer(SFTTrainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with _without_known_deprecations():
             return super().train(*args, **kwargs)
+
+    def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """``SFTTrainer``'s loss; where its fused LM head would project every position, the model's
+        own loss on the logits of the positions some row scores (``logits_to_keep``, ``shift_labels``),
+        with the same logged entropy, token accuracy and token count."""
+        if return_outputs or not self._head_on_scored_positions_only(inputs):
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        positions, shift_labels = scored_positions(inputs["labels"])
+        kept = {**inputs, "use_cache": False, "logits_to_keep": positions, "shift_labels": shift_labels}
+        loss, outputs = Trainer.compute_loss(self, model, kept, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        self._log_token_statistics(token_statistics(outputs.logits, shift_labels), inputs)
+        return loss
+
+    def _head_on_scored_positions_only(self, inputs: Mapping[str, Any]) -> bool:
+        """The plain LM loss (no custom loss, smoothing, DFT, MoE aux loss or sequence/context
+        parallelism), on a device where TRL's fused head projects every position, through a
+        model whose forward takes ``logits_to_keep``."""
+        labels = inputs.get("labels")
+        if labels is None or "shift_labels" in inputs or not fused_head_projects_every_position(labels.device):
+            return False
+        if (self.compute_loss_func is not None or self.label_smoother is not None or self.args.loss_type != "nll"
+                or self.aux_loss_enabled or self.accelerator.parallelism_config is not None):
+            return False
+        if not hasattr(self, "_forward_takes_logits_to_keep"):
+            model = self.accelerator.unwrap_model(self.model)
+            base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+            self._forward_takes_logits_to_keep = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        return self._forward_takes_logits_to_keep
+
+    def _log_token_statistics(self, sums: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
+        """Records entropy, token accuracy and (training) the token count as ``SFTTrainer.compute_loss`` does."""
+        mode = "train" if self.model.training else "eval"
+        scored, entropy_sum, correct = (self.accelerator.gather_for_metrics(sums[k]).sum()
+                                        for k in ("scored", "entropy_sum", "correct"))
+        self._metrics[mode]["entropy"].append((entropy_sum / scored).item() if scored > 0 else 0.0)
+        self._metrics[mode]["mean_token_accuracy"].append((correct / scored).item() if scored > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                tokens = inputs["attention_mask"].sum()
+            else:  # padding-free rows carry position_ids instead
+                tokens = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            self._total_train_tokens += self.accelerator.gather_for_metrics(tokens).sum().item()
+        self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
 
     def _check_nothing_dropped(self, given: Any) -> None:
         """SFTTrainer silently drops examples whose response lies beyond ``max_length``: say so."""
