@@ -94,6 +94,11 @@ def test_outputs_and_devices_with_trl_kernel_go_through_trl(trainer_and_batch, m
         monkeypatch.setattr(scored_module, "is_triton_available", lambda: True)
         assert scored_module.fused_head_projects_every_position(torch.device("cpu"))
         assert not scored_module.fused_head_projects_every_position(torch.device("cuda"))
-        monkeypatch.setattr("hf_sinklora.training.trainer.fused_head_projects_every_position", lambda device: False)
+        assert trainer._forward_takes_logits_to_keep  # read from the Llama class's forward
+        monkeypatch.setattr(trainer, "_forward_takes_logits_to_keep", False)  # e.g. remote code without it
         trainer.compute_loss(trainer.model, dict(batch))
         assert calls == [True, False]
+        monkeypatch.setattr(trainer, "_forward_takes_logits_to_keep", True)
+        monkeypatch.setattr("hf_sinklora.training.trainer.fused_head_projects_every_position", lambda device: False)
+        trainer.compute_loss(trainer.model, dict(batch))
+        assert calls == [True, False, False]

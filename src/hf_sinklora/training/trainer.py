@@ -113,6 +113,8 @@ class SinkLoRATrainer(SFTTrainer):
         for stock, numeric in ((ProgressCallback, NumericProgressCallback), (PrinterCallback, NumericPrinterCallback)):
             if self.pop_callback(stock) is not None:
                 self.add_callback(numeric)
+        base = self.model.get_base_model() if callable(getattr(self.model, "get_base_model", None)) else self.model
+        self._forward_takes_logits_to_keep = "logits_to_keep" in inspect.signature(type(base).forward).parameters
         self.dataset_names = [str(name) for name in dataset_names]
         self.eval_dataset_name = eval_dataset_name
         self._check_nothing_dropped(given)
@@ -145,10 +147,6 @@ class SinkLoRATrainer(SFTTrainer):
         if (self.compute_loss_func is not None or self.label_smoother is not None or self.args.loss_type != "nll"
                 or self.aux_loss_enabled or self.accelerator.parallelism_config is not None):
             return False
-        if not hasattr(self, "_forward_takes_logits_to_keep"):
-            model = self.accelerator.unwrap_model(self.model)
-            base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
-            self._forward_takes_logits_to_keep = "logits_to_keep" in inspect.signature(type(base).forward).parameters
         return self._forward_takes_logits_to_keep
 
     def _log_token_statistics(self, sums: Mapping[str, Any], inputs: Mapping[str, Any]) -> None:
