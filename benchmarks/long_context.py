@@ -59,12 +59,12 @@ The base's entry also holds ``passkey_prompt_of_L_tokens`` (prompts filling all 
 the answer beyond them); ``--text-only-reference`` adds the same base pretrained on text only.
 ``--name calibrate_long_context`` writes under the calibration's old stem.
 
-Time on 2 CPU cores (measured 2026-11-26 with 800 fine-tuning steps, ``long_context_800_steps.json``'s ``timings_s``):
-the two-phase base ~12-20 min (2600 + 2500 steps; once, cached after); each of the 12 fine-tuning
-runs (4 methods x 3 seeds, 800 steps x 4 rows of 512 tokens) ~4.5 min alone, evaluation
-included; the eviction sweep of one model (the full cache and 9 evicting ones, each 50 passkey
-prompts and 40 streamed documents, 32 tokens per forward) ~1 min. About 55 min with the base
-cached, 70-75 min without. ``--quick`` (tiny model,
+Time on 2 CPU cores (measured 2026-11-27, ``long_context.json``'s ``timings_s``): 57.5 min from
+scratch. The two-phase base 14.8 min (2600 + 2500 steps; once, cached after); each of the 12
+fine-tuning runs (4 methods x 3 seeds, 1200 steps x 4 rows of 512 tokens) 3.1-3.9 min,
+evaluation included; the eviction sweep of one model (the full cache and 9 evicting ones, each 50
+passkey prompts and 40 streamed documents, 32 tokens per forward) 1.4 min. About 43 min with the
+base cached. ``--quick`` (tiny model,
 2 steps, 1 trial, 2 seeds, every method, the sweep at one budget) runs end to end in ~10-20 s.
 
     PYTHONPATH=src .venv/bin/python benchmarks/long_context.py
@@ -759,7 +759,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tune.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",") if x], default=[0, 1, 2],
                       help="fine-tuning seeds: each draws its own rows and LoRA initialisation")
     tune.add_argument("--finetune-steps", type=int, default=1200,
-                      help="LoRA+ steps per run (full attention: 79%% mean passkey at 4L after 800, 92%% after 1200)")
+                      help="LoRA+ steps per run (full attention, mean passkey at 4L over 3 seeds: 79%% after 800; "
+                           "92%% and 79%% in two runs after 1200)")
     tune.add_argument("--finetune-batch", type=int, default=4)
     tune.add_argument("--finetune-lr", type=float, default=5e-3)
     tune.add_argument("--group-size-ratio", type=float, default=0.25,
