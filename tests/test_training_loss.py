@@ -102,3 +102,11 @@ def test_outputs_and_devices_with_trl_kernel_go_through_trl(trainer_and_batch, m
         monkeypatch.setattr("hf_sinklora.training.trainer.fused_head_projects_every_position", lambda device: False)
         trainer.compute_loss(trainer.model, dict(batch))
         assert calls == [True, False, False]
+
+
+def test_a_batch_with_nothing_scored_gives_trl_finite_zero(trainer_and_batch):
+    trainer, batch = trainer_and_batch
+    unscored = {**batch, "labels": torch.full_like(batch["labels"], -100)}
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, unscored)
+    assert loss.item() == 0.0

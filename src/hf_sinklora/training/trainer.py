@@ -132,6 +132,8 @@ class SinkLoRATrainer(SFTTrainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         positions, shift_labels = scored_positions(inputs["labels"])
+        if positions.numel() == 0:  # nothing scored: TRL's loss is a finite zero, a mean over no token is not
+            return super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         kept = {**inputs, "use_cache": False, "logits_to_keep": positions, "shift_labels": shift_labels}
         loss, outputs = Trainer.compute_loss(self, model, kept, return_outputs=True, num_items_in_batch=num_items_in_batch)
         self._log_token_statistics(token_statistics(outputs.logits, shift_labels), inputs)
