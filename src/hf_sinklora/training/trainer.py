@@ -140,9 +140,9 @@ class SinkLoRATrainer(SFTTrainer):
         return loss
 
     def _head_on_scored_positions_only(self, inputs: Mapping[str, Any]) -> bool:
-        """The plain LM loss (no custom loss, smoothing, DFT, MoE aux loss or sequence/context
-        parallelism), on a device where TRL's fused head projects every position, through a
-        model whose forward takes ``logits_to_keep``."""
+        """The plain LM loss (no custom loss, smoothing, ``loss_type`` other than ``"nll"``, MoE aux
+        loss or sequence/context parallelism), on a device where TRL's fused head projects every
+        position, through a model whose forward takes ``logits_to_keep``."""
         labels = inputs.get("labels")
         if labels is None or "shift_labels" in inputs or not fused_head_projects_every_position(labels.device):
             return False
