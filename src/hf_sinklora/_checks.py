@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
@@ -30,3 +31,12 @@ def torch_dtype(name: str) -> Any:
     import torch
 
     return getattr(torch, name)
+
+
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether ``model``'s forward (a ``PeftModel``'s: the wrapped model's) takes ``logits_to_keep``."""
+    base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    try:
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return False

@@ -8,7 +8,6 @@ for several context lengths. Both use full attention: the model is put in eval m
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections import defaultdict
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .._checks import accepts_logits_to_keep
 from .loading import model_device
 from .windows import Window, check_length_and_stride, plan_windows
 
@@ -90,14 +90,6 @@ def as_documents(token_ids: TokenIds | Sequence[TokenIds]) -> list[torch.Tensor]
     if all(isinstance(item, int) for item in items):
         return [torch.tensor(items, dtype=torch.long)]
     return [torch.as_tensor(item, dtype=torch.long).flatten() for item in items]
-
-
-def _accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    try:
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _warn_about_attention(model: torch.nn.Module, context_length: int) -> None:
@@ -186,7 +178,7 @@ def perplexity(
             by_length[window.input_length].append((index, window))
     token_nll = [torch.full((max(len(d) - 1, 0),), float("nan")) for d in documents]
     total_windows = sum(len(group) for group in by_length.values())
-    use_logits_to_keep = _accepts_logits_to_keep(model)
+    use_logits_to_keep = accepts_logits_to_keep(model)
 
     was_training = model.training
     model.eval()

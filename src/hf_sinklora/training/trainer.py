@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import logging
 import math
 import os
@@ -35,6 +34,7 @@ from transformers import Trainer
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
+from .._checks import accepts_logits_to_keep
 from ..hub.auto import SinkLoRAAdapterConfig
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
 from ..hub.files import staged_save, write_text_atomic
@@ -113,8 +113,7 @@ class SinkLoRATrainer(SFTTrainer):
         for stock, numeric in ((ProgressCallback, NumericProgressCallback), (PrinterCallback, NumericPrinterCallback)):
             if self.pop_callback(stock) is not None:
                 self.add_callback(numeric)
-        base = self.model.get_base_model() if callable(getattr(self.model, "get_base_model", None)) else self.model
-        self._forward_takes_logits_to_keep = "logits_to_keep" in inspect.signature(type(base).forward).parameters
+        self._forward_takes_logits_to_keep = accepts_logits_to_keep(self.model)
         self.dataset_names = [str(name) for name in dataset_names]
         self.eval_dataset_name = eval_dataset_name
         self._check_nothing_dropped(given)
