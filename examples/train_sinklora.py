@@ -105,16 +105,21 @@ def build_trainer(args: argparse.Namespace) -> hf_sinklora.SinkLoRATrainer:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def train(args: argparse.Namespace) -> None:
+    """Trains, saves ``args.output_dir`` and pushes it (``--push-to-hub``)."""
     trainer = build_trainer(args)
     checkpoint = get_last_checkpoint(args.output_dir) if args.resume and Path(args.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=checkpoint)
     trainer.save_model()  # adapter + config.json (RoPE, sf_attention) + tokenizer + README.md card
     if args.push_to_hub and trainer.is_world_process_zero():
         hf_sinklora.push_adapter(args.output_dir, args.push_to_hub)
-    end_process_group()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(args)
+    end_process_group()  # after train() returned: the trainer's DDP model must not outlive the group
 
 
 if __name__ == "__main__":

@@ -313,3 +313,26 @@ def test_training_logs_are_quiet_and_numeric(recipe_workspace, tmp_path, capsys,
     run_training(_settings(recipe_workspace, tmp_path / "plain", max_steps=1, disable_tqdm=True))
     printed = capsys.readouterr()
     assert "step 1: loss=" in printed.out and "'loss': '" not in printed.out
+
+
+# ------------------------------------------------------------------ process group teardown
+def test_end_process_group_refuses_while_a_ddp_model_holds_the_group(tmp_path):
+    """A DDP model alive at teardown would free the group later, in a destructor that keeps the GIL."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    runs.end_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(torch.nn.Linear(2, 2))
+        model(torch.ones(1, 2)).sum().backward()
+        with pytest.raises(RuntimeError, match="DistributedDataParallel model is alive"):
+            runs.end_process_group()
+        assert dist.is_initialized()
+        del model
+        runs.end_process_group()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -143,10 +144,24 @@ class SaveOnInterrupt(TrainerCallback):
 def end_process_group() -> None:
     """Destroys the ``torch.distributed`` process group ``accelerate launch`` set up, if any.
 
-    Called when a run's work is done: a process that exits with the group alive can abort in its
-    NCCL/Gloo teardown ("terminate called without an active exception") after a successful run.
+    Call it once the run's trainer is gone (after the function that held it has returned): a
+    process that exits with the group alive can abort in its NCCL/Gloo teardown ("terminate called
+    without an active exception"), and a DDP model that outlives this call holds the last reference
+    to the group, whose Gloo destructor then runs when the model is freed without releasing the GIL
+    and can deadlock with a Gloo thread still freeing the last collective's tensors (pytorch#56297).
+    Freed first (``gc.collect`` breaks the trainer's reference cycles), the group goes with the
+    registry's reference instead, through a binding that releases the GIL.
+
+    Raises:
+        RuntimeError: a ``DistributedDataParallel`` model is still alive (a caller still holds its trainer).
     """
     import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    gc.collect()
+    if any(isinstance(obj, DistributedDataParallel) for obj in gc.get_objects()):
+        raise RuntimeError("end_process_group() called while a DistributedDataParallel model is alive: "
+                           "release the trainer first (return from the function that built it)")
+    dist.destroy_process_group()
