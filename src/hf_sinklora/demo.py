@@ -68,7 +68,7 @@ class DemoSettings:
         "help": "second phase: steps on text + passkey prompts + repeated passages + key-value lists"})
     finetune_steps: int = field(default=500, metadata={"help": "SinkLoRA (SF-Attn, LoRA+) steps"})
     batch_size: int = field(default=4, metadata={"help": "rows per fine-tuning step"})
-    learning_rate: float = field(default=5e-3, metadata={"help": "fine-tuning learning rate"})
+    learning_rate: float = field(default=2.5e-3, metadata={"help": "fine-tuning learning rate"})
     lora_r: int = field(default=32, metadata={"help": "LoRA rank (alpha = 2 x rank)"})
     full_attention_reference: bool = field(default=True, metadata={
         "help": "also extend with full-attention LoRA+ on the same rows, measured beside SF-Attn "
