@@ -760,7 +760,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                       help="fine-tuning seeds: each draws its own rows and LoRA initialisation")
     tune.add_argument("--finetune-steps", type=int, default=1200,
                       help="LoRA+ steps per run (full attention, mean passkey at 4L over 3 seeds at lr 5e-3: 79%% "
-                           "after 800; 92%% and 79%% in two runs after 1200; at 2.5e-3: 100%%)")
+                           "after 800; 92%% and 79%% in two runs after 1200)")
     tune.add_argument("--finetune-batch", type=int, default=4)
     tune.add_argument("--finetune-lr", type=float, default=2.5e-3,
                       help="peak learning rate (cosine); 5e-3 gave full attention 79-92%% passkey at 4L, 2.5e-3 100%%")
