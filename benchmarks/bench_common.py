@@ -96,3 +96,30 @@ def configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "trl", "datasets", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# Real model shapes (random weights: step and prefill times depend on the shapes only).
+MODEL_SHAPES: dict[str, dict[str, Any]] = {
+    # SmolLM2-135M (the real checkpoint of issue 22): 30 layers, 9 query / 3 KV heads of 64, tied embeddings
+    "smollm2-135m": dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=1e5,
+                         tie_word_embeddings=True),
+    # four layers of Llama-3-8B: hidden 4096, 32 query / 8 KV heads of 128, MLP 14336, vocabulary 128256
+    "llama3-8b-slice": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=4,
+                            num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=5e5,
+                            tie_word_embeddings=False),
+}
+
+
+def model_shape_config(name: str, max_length: int) -> "transformers.LlamaConfig":
+    """The ``LlamaConfig`` of :data:`MODEL_SHAPES` ``[name]`` with room for ``max_length`` positions."""
+    return transformers.LlamaConfig(**MODEL_SHAPES[name], max_position_embeddings=max_length)
+
+
+def model_from_config(config: Any, device: str, dtype: torch.dtype, attn_implementation: str, seed: int = 0) -> Any:
+    """A random ``AutoModelForCausalLM`` built directly on ``device`` (a 1.4B-parameter slice would take
+    minutes to initialise on the host first)."""
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=dtype)
+    return model.to(device)

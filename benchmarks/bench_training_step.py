@@ -1,7 +1,8 @@
 """A whole training step with ``sf_attention`` against full causal SDPA, beside the FLOP-count prediction.
 
-For each model shape and sequence length ``n``: a 2-layer ``LlamaForCausalLM`` (the same random
-weights for both attentions), wrapped with the recipe's LoRA+ (``sinklora_lora_config``), in train
+For each model shape and sequence length ``n``: a ``LlamaForCausalLM`` (the same random weights for
+both attentions; 2-layer toy shapes by default, ``--shapes real`` for SmolLM2-135M's 30 layers and a
+4-layer slice of Llama-3-8B), wrapped with the recipe's LoRA+ (``sinklora_lora_config``), in train
 mode; one step = forward with labels, backward, AdamW step, zero_grad. The two attentions
 alternate, each step timed ``--repeats`` times after a warm-up; medians with min/max spread.
 
@@ -13,8 +14,10 @@ grouped attention) is what a gap between the measurement and the prediction show
 
     .venv/bin/python benchmarks/bench_training_step.py                  # both shapes, n = 4k/8k/16k
     .venv/bin/python benchmarks/bench_training_step.py --quick          # smoke run, tiny sizes
+    python benchmarks/bench_training_step.py --device cuda --shapes real --lengths 16384 32768
 
-Writes ``<output-dir>/bench_training_step_<device>.json`` and ``.png``.
+Writes ``<output-dir>/bench_training_step_<device>.json`` and ``.png`` (``bench_training_step_real_<device>``
+for the real shapes).
 """
 
 from __future__ import annotations
@@ -31,7 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from bench_common import DEFAULT_OUTPUT_DIR, add_dtype_argument, dtype_name_for, environment, length_axis, synchronize
+from bench_common import (
+    DEFAULT_OUTPUT_DIR,
+    MODEL_SHAPES,
+    add_dtype_argument,
+    dtype_name_for,
+    environment,
+    length_axis,
+    model_from_config,
+    synchronize,
+)
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM, LlamaConfig
 
@@ -44,7 +56,7 @@ CONTENDERS = ("sdpa", "sf_attention")
 
 @dataclass(frozen=True)
 class Shape:
-    """A 2-layer Llama: ``heads`` query and key/value heads of ``head_dim``."""
+    """A Llama: ``heads`` query heads and ``kv_heads`` key/value heads (default: as many) of ``head_dim``."""
 
     name: str
     hidden: int
@@ -53,11 +65,27 @@ class Shape:
     intermediate: int
     vocab: int
     layers: int = 2
+    kv_heads: int | None = None
+    tied: bool = False
+    rope_theta: float = 10000.0
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
 
     def config(self, max_length: int) -> LlamaConfig:
         return LlamaConfig(vocab_size=self.vocab, hidden_size=self.hidden, intermediate_size=self.intermediate,
                            num_hidden_layers=self.layers, num_attention_heads=self.heads,
-                           num_key_value_heads=self.heads, head_dim=self.head_dim, max_position_embeddings=max_length)
+                           num_key_value_heads=self.num_kv_heads, head_dim=self.head_dim,
+                           max_position_embeddings=max_length, tie_word_embeddings=self.tied, rope_theta=self.rope_theta)
+
+    @classmethod
+    def of_model(cls, name: str) -> Shape:
+        """The shape of ``bench_common.MODEL_SHAPES[name]``."""
+        c = MODEL_SHAPES[name]
+        return cls(name, hidden=c["hidden_size"], heads=c["num_attention_heads"], head_dim=c["head_dim"],
+                   intermediate=c["intermediate_size"], vocab=c["vocab_size"], layers=c["num_hidden_layers"],
+                   kv_heads=c["num_key_value_heads"], tied=c["tie_word_embeddings"], rope_theta=c["rope_theta"])
 
 
 SHAPES = (
@@ -65,11 +93,12 @@ SHAPES = (
     Shape("4 heads x 128, hidden 512, vocab 32000", hidden=512, heads=4, head_dim=128, intermediate=1408, vocab=32000),
 )
 QUICK_SHAPES = (Shape("quick", hidden=64, heads=2, head_dim=32, intermediate=128, vocab=256),)
+REAL_SHAPES = tuple(Shape.of_model(name) for name in MODEL_SHAPES)
 
 
 def predicted_ratio(shape: Shape, n: int, settings: hf_sinklora.SFAttentionConfig) -> float:
     """sf/sdpa step time if every FLOP cost the same (see the module docstring)."""
-    attention_weights = shape.hidden * shape.heads * shape.head_dim * 4
+    attention_weights = shape.hidden * shape.head_dim * 2 * (shape.heads + shape.num_kv_heads)
     linear = n * 2 * (shape.layers * (attention_weights + 3 * shape.hidden * shape.intermediate) + shape.hidden * shape.vocab)
     per_pair = 4 * shape.head_dim * shape.heads * shape.layers
     group = settings.group_size_for(n)
@@ -88,9 +117,7 @@ def build_models(shape: Shape, n: int, device: str, dtype: torch.dtype, names: S
     models = {}
     for name in names:
         implementation, _, backend = name.partition(":")
-        torch.manual_seed(0)
-        base = AutoModelForCausalLM.from_config(shape.config(n), attn_implementation=implementation, dtype=dtype)
-        base = base.to(device)
+        base = model_from_config(shape.config(n), device, dtype, implementation)
         hf_sinklora.configure_sf_attention(base, backend=backend or "auto")
         torch.manual_seed(1)
         models[name] = get_peft_model(base, hf_sinklora.sinklora_lora_config(base)).train()
@@ -158,10 +185,11 @@ def plot(document: dict[str, Any], path: Path) -> None:
 
 
 def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: str, output_dir: Path,
-        dtype: torch.dtype = torch.float32, extra_backends: Sequence[str] = ()) -> dict[str, Any]:
+        dtype: torch.dtype = torch.float32, extra_backends: Sequence[str] = (), tag: str = "") -> dict[str, Any]:
+    """Measures every (shape, n) cell; writes ``bench_training_step_<tag><device>.json/.png`` after each."""
     env = environment(device)
     document = {
-        "benchmark": "whole training step (LoRA+, train mode, 2-layer Llama): sf_attention vs causal SDPA",
+        "benchmark": "whole training step (LoRA+, train mode, Llama shapes): sf_attention vs causal SDPA",
         "title": f"training step, sf_attention / sdpa on {env['device_name']} ({device})",
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "environment": env,
@@ -171,7 +199,7 @@ def run(lengths: Sequence[int], shapes: Sequence[Shape], repeats: int, device: s
         "shapes": [],
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    stem = output_dir / f"bench_training_step_{'cuda' if device.startswith('cuda') else 'cpu'}"
+    stem = output_dir / f"bench_training_step_{tag}{'cuda' if device.startswith('cuda') else 'cpu'}"
     for shape in shapes:
         entry = {"shape": asdict(shape), "cells": []}
         document["shapes"].append(entry)
@@ -192,11 +220,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     add_dtype_argument(parser)
     parser.add_argument("--extra-backends", nargs="*", default=[], choices=[b for b in BACKENDS if b != "auto"],
                         help="also time sf_attention with these backends forced (e.g. sdpa flex on CUDA)")
+    parser.add_argument("--shapes", choices=["toy", "real"], default="toy",
+                        help="toy: the two 2-layer shapes (default); real: " + ", ".join(MODEL_SHAPES))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     dtype = getattr(torch, dtype_name_for(args.dtype, args.device))
     if args.quick:
         run([256, 512], QUICK_SHAPES, 1, args.device, args.output_dir, dtype, args.extra_backends)
+    elif args.shapes == "real":
+        run(args.lengths, REAL_SHAPES, args.repeats, args.device, args.output_dir, dtype, args.extra_backends, "real_")
     else:
         run(args.lengths, SHAPES, args.repeats, args.device, args.output_dir, dtype, args.extra_backends)
 

@@ -3,10 +3,15 @@
 #   1. the package and the wheels carried in .whl/ (see gpu_wheels.sh) on the image's CUDA torch;
 #   2. the CUDA-marked tests: SDPA, flash-attn and flex backends in bf16/fp16 against the dense
 #      reference (outputs and gradients), backend="auto" taking grouped SDPA without flash-attn, H2O
-#      generation equal to DynamicCache (tests/test_cuda.py);
-#   3. the benchmarks with --device cuda: SF-Attn through grouped SDPA, flex (and flash-attn when
-#      installed) vs full causal SDPA -- which backend "auto" should prefer --, a whole LoRA+
-#      training step, H2O prefill and H2O decoding.
+#      generation equal to DynamicCache, H2O's log-sum-exp scores (fused attention + the Triton
+#      key-mass kernel) against float64 eager attention (tests/test_cuda.py);
+#   3. H2O prefill against SDPA (one-shot and chunked, and SDPA chunked alike), on the small model of
+#      the earlier runs and on a Llama-3-8B-shaped slice (4 layers, hidden 4096, 32 / 8 heads);
+#   4. the whole LoRA+ training step at real sizes (SmolLM2-135M's 30 layers, the 8B slice), bf16,
+#      SF-Attn against SDPA at 16k and 32k;
+#   5. summary.json: the headline ratios (gpu_summary.py).
+# Named steps not run by default: bench_attention (attention alone), bench_training_step (the 2-layer
+# toy shapes), bench_h2o (decoding); they were measured in runs 1-2 (docs/results.md).
 # Results (JSON + PNG + logs; the card in nvidia-smi.txt) go to $GPU_RESULTS (default
 # benchmarks/results/gpu). Under the device tool, which returns at most 8 files from $OUT, they are
 # packed into $OUT/gpu_results.tar.gz after every step, so a step stopped by its cap loses nothing
@@ -14,7 +19,7 @@
 #
 #   device run: bash benchmarks/gpu_check.sh          (carry: [".whl"])
 #   a subset:   bash benchmarks/gpu_check.sh cuda_tests bench_attention   (ATTENTION_LENGTHS="16384 32768",
-#               TRAINING_LENGTHS="8192 16384" shorten those two benchmarks)
+#               TRAINING_LENGTHS="8192 16384", REAL_LENGTHS="16384 32768" set the lengths)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 results=${GPU_RESULTS:-benchmarks/results/gpu}
@@ -51,20 +56,32 @@ step() {  # step NAME CAP_SECONDS COMMAND...: runs one capped step, logs it, pac
   tail -4 "$results/$name.log"
   pack
 }
+named_step() {  # as step, but only when asked for by name
+  if [[ " ${wanted[*]:-} " == *" $1 "* ]]; then step "$@"; fi
+}
 
 per_test_cap=()
 if "$python" -c "import pytest_timeout" 2>/dev/null; then per_test_cap=(--timeout 60); fi
+real_lengths=${REAL_LENGTHS:-16384 32768}
 # caps keep the whole script under 10 minutes
-step cuda_tests 120 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs "${per_test_cap[@]}"
+step cuda_tests 130 "$python" -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider -rfEs "${per_test_cap[@]}"
 # shellcheck disable=SC2086  # the lengths are meant to split
-step bench_attention 170 "$python" benchmarks/bench_attention.py --device cuda --lengths ${ATTENTION_LENGTHS:-8192 16384 32768} \
+step bench_h2o_prefill 60 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 $real_lengths \
+  --output-dir "$results"
+# shellcheck disable=SC2086
+step bench_h2o_prefill_8b_slice 90 "$python" benchmarks/bench_h2o_prefill.py --device cuda --shape llama3-8b-slice \
+  --lengths $real_lengths --output-dir "$results"
+# shellcheck disable=SC2086
+step bench_training_step_real 200 "$python" benchmarks/bench_training_step.py --device cuda --shapes real \
+  --lengths $real_lengths --output-dir "$results"
+step summary 30 "$python" benchmarks/gpu_summary.py "$results"
+# shellcheck disable=SC2086
+named_step bench_attention 170 "$python" benchmarks/bench_attention.py --device cuda --lengths ${ATTENTION_LENGTHS:-8192 16384 32768} \
   --timeout 60 --output-dir "$results"
 # shellcheck disable=SC2086
-step bench_training_step 110 "$python" benchmarks/bench_training_step.py --device cuda --extra-backends flex \
+named_step bench_training_step 110 "$python" benchmarks/bench_training_step.py --device cuda --extra-backends flex \
   --lengths ${TRAINING_LENGTHS:-4096 8192 16384} --output-dir "$results"
-step bench_h2o_prefill 40 "$python" benchmarks/bench_h2o_prefill.py --device cuda --lengths 8192 16384 \
-  --output-dir "$results"
-step bench_h2o 50 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 --output-dir "$results"
+named_step bench_h2o 50 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 --output-dir "$results"
 echo "total: $SECONDS s"
 pack
 exit $status

@@ -154,6 +154,10 @@ class H2OLayer(CacheLayerMixin):
         """``(B, Hkv, slots)`` bool: the slot holds a real (non-padding) token."""
         return self.scores > float("-inf")
 
+    def holds_only_real_tokens(self) -> bool:
+        """No slot is free or padding (one host sync; called once per multi-token step)."""
+        return not self.free_slots and bool(self.attendable().all())
+
     def begin_step(self, num_new: int, new_tokens_real: torch.Tensor | None) -> None:
         """Marks padding among the step's tokens (never attended, first to go) and the sinks.
 

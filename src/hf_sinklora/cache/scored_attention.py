@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .h2o_layer import H2OLayer
+from .lse_scores import lse_path_applies, lse_scored_attention
 
 # Scores materialised per query chunk (elements): 2**22 float32 = 16 MiB on the CPU. On CUDA 2**26
 # (256 MiB): every chunk costs a few host syncs and a dozen kernel launches, and at 2**22 a 16k-token
@@ -154,8 +155,13 @@ def h2o_attention(
             )
         new_tokens_real = attention_mask[:, -num_new:]
     layer.begin_step(num_new, new_tokens_real)
-    out, key_mass = scored_attention(
-        query, layer, scale=scale, queries_real=new_tokens_real, sliding_window=sliding_window, softcap=softcap
-    )
+    all_real = layer.holds_only_real_tokens() if num_new > 1 else False
+    if lse_path_applies(query.device, num_new, all_real, new_tokens_real, sliding_window, softcap):
+        # a prefill or prefill chunk of the plain layout: a fused kernel attends, its log-sum-exp scores
+        out, key_mass = lse_scored_attention(query, layer.keys, layer.values, scale=scale)
+    else:
+        out, key_mass = scored_attention(
+            query, layer, scale=scale, queries_real=new_tokens_real, sliding_window=sliding_window, softcap=softcap
+        )
     layer.end_step(key_mass, sliding_window)
     return out
