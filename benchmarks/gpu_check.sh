@@ -11,7 +11,8 @@
 #      SF-Attn against SDPA at 16k and 32k;
 #   5. summary.json: the headline ratios (gpu_summary.py).
 # Named steps not run by default: bench_attention (attention alone), bench_training_step (the 2-layer
-# toy shapes), bench_h2o (decoding); they were measured in runs 1-2 (docs/results.md).
+# toy shapes), bench_h2o (decoding), measured in runs 1-2 (docs/results.md); profile_gpu (kernel tables
+# of the H2O prefill and the SmolLM2-shape training step).
 # Results (JSON + PNG + logs; the card in nvidia-smi.txt) go to $GPU_RESULTS (default
 # benchmarks/results/gpu). Under the device tool, which returns at most 8 files from $OUT, they are
 # packed into $OUT/gpu_results.tar.gz after every step, so a step stopped by its cap loses nothing
@@ -81,6 +82,7 @@ named_step bench_attention 170 "$python" benchmarks/bench_attention.py --device 
 # shellcheck disable=SC2086
 named_step bench_training_step 110 "$python" benchmarks/bench_training_step.py --device cuda --extra-backends flex \
   --lengths ${TRAINING_LENGTHS:-4096 8192 16384} --output-dir "$results"
+named_step profile_gpu 90 "$python" benchmarks/profile_gpu.py --output-dir "$results"
 named_step bench_h2o 50 "$python" benchmarks/bench_h2o.py --device cuda --lengths 8192 16384 --output-dir "$results"
 echo "total: $SECONDS s"
 pack

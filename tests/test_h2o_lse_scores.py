@@ -34,7 +34,8 @@ def eager_step(query, keys, values, scale):
     k = keys.double().repeat_interleave(group, dim=1)
     v = values.double().repeat_interleave(group, dim=1)
     logits = query.double() @ k.transpose(-1, -2) * scale
-    future = torch.arange(slots)[None, :] > (slots - q + torch.arange(q))[:, None]
+    index = torch.arange(slots, device=query.device)
+    future = index[None, :] > (slots - q + index[:q])[:, None]
     probs = logits.masked_fill(future, float("-inf")).softmax(dim=-1)
     mass = probs.sum(dim=2).view(batch, num_kv_heads, group, slots).mean(dim=2)
     return (probs @ v).transpose(1, 2), mass
