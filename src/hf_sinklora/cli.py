@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from ._checks import DTYPE_NAMES
 from .demo import DemoSettings, format_summary, run_demo
 from .evaluation.cli import add_eval_parsers
 from .training.cli import add_train_parser
@@ -38,6 +39,29 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_convert_gguf(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "convert-gguf", formatter_class=argparse.HelpFormatter,
+        help="write a GGUF file as an ordinary checkpoint folder (safetensors + tokenizer + config)",
+        description="Dequantize a .gguf file (llama.cpp's format) with transformers and save it as a folder that "
+                    "AutoModelForCausalLM.from_pretrained loads. Needs the gguf package: pip install 'hf-sinklora[gguf]'.",
+    )
+    parser.add_argument("source", metavar="SRC.gguf", help="the GGUF file")
+    parser.add_argument("output_dir", metavar="OUT_DIR", help="folder to write (absent or empty, unless --overwrite)")
+    parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES,
+                        help="weights dtype (default: auto, the dequantized float32)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT_DIR when it holds files")
+    parser.set_defaults(handler=_run_convert_gguf)
+
+
+def _run_convert_gguf(args: argparse.Namespace) -> int:
+    from .hub.gguf import convert_gguf
+
+    output_dir = convert_gguf(args.source, args.output_dir, dtype=args.dtype, overwrite=args.overwrite)
+    print(f"wrote {output_dir}: AutoModelForCausalLM.from_pretrained({str(output_dir)!r}) loads it")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``hf-sinklora`` parser with every sub-command (each an ``HfArgumentParser``)."""
     parser = argparse.ArgumentParser(prog="hf-sinklora", description="SinkLoRA for the Hugging Face stack")
@@ -47,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     add_eval_parsers(subparsers)
     add_train_parser(subparsers)
+    _add_convert_gguf(subparsers)
     return parser
 
 

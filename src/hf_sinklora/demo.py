@@ -43,6 +43,7 @@ from .experiment.long_range import (
 )
 from .experiment.long_range_metrics import long_range_perplexity
 from .hub.card import RECIPE_FILE, write_model_card
+from .hub.gguf import load_pretrained
 from .hub.loading import load_model
 from .rope import extend_context
 from .training.recipe import TrainSettings, run_training
@@ -58,7 +59,7 @@ class DemoSettings:
     """Knobs of the demo (defaults: a few minutes on 2 CPU cores)."""
 
     output_dir: str = field(default="sinklora-demo", metadata={"help": "where the adapter, card, summary and PNG go"})
-    model: str | None = field(default=None, metadata={"help": "checkpoint path or hub id (default: pretrain a small base)"})
+    model: str | None = field(default=None, metadata={"help": "checkpoint path, .gguf file or hub id (default: pretrain a small base)"})
     dataset: list[str] = field(default_factory=list, metadata={"help": "text files/dirs/datasets ids (default: stdlib sources)"})
     target_length: int | None = field(default=None, metadata={"help": "context to reach (default: 4x the base's)"})
     base_context: int = field(default=128, metadata={"help": "pretraining context L of the built-in base"})
@@ -161,7 +162,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     _stage(1, "base model")
     if settings.model:
         base_path, cached = settings.model, None
-        base_context = AutoConfig.from_pretrained(base_path).get_text_config().max_position_embeddings
+        base_context = load_pretrained(AutoConfig, base_path).get_text_config().max_position_embeddings
         pretrain_losses: dict[str, list[float]] = {}
     else:
         base_path, cached = cached_base_model(train_texts, demo_base_recipe(settings), settings.cache_dir)
@@ -169,7 +170,7 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
         record = json.loads((Path(base_path) / "base_model_recipe.json").read_text())
         pretrain_losses = {"induction": record.get("induction_losses", []), "mixture": record["losses"]}
     target = settings.target_length or 4 * base_context
-    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    tokenizer = load_pretrained(AutoTokenizer, base_path)
     held_out = tokenize_documents(tokenizer, held_texts, max_tokens=settings.eval_tokens)
     examples = finetuning_examples(TextSource(tokenizer, train_texts), target, settings.finetune_steps * settings.batch_size,
                                    FINETUNING_MIXTURE, seed=settings.seed, threshold=base_context)

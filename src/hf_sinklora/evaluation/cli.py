@@ -34,7 +34,7 @@ def _float_list(text: str) -> list[float]:
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model path or hub id")
+    parser.add_argument("--model", required=True, help="model path, .gguf file or hub id")
     parser.add_argument("--adapter", default=None, help="peft adapter (path or hub id) loaded on top of --model")
     parser.add_argument("--dtype", default="auto", choices=DTYPE_NAMES, help="weights dtype (default: auto)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N")

@@ -56,8 +56,8 @@ def load_for_eval(
     recipe brings its RoPE scaling and trained embeddings/norms along.
 
     Args:
-        model: a local path or hub id: a plain model, or an adapter directory (its base is the
-            one recorded in ``adapter_config.json``).
+        model: a local path, ``.gguf`` file or hub id: a plain model, or an adapter directory (its
+            base is the one recorded in ``adapter_config.json``).
         adapter: a peft adapter (path or hub id) loaded on top of ``model``.
         dtype: ``"auto"`` (the checkpoint's), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
         device: ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
@@ -65,6 +65,7 @@ def load_for_eval(
     """
     from transformers import AutoTokenizer
 
+    from ..hub.gguf import load_pretrained
     from ..hub.loading import load_model
 
     target = resolve_device(device)
@@ -75,7 +76,7 @@ def load_for_eval(
         loaded = load_model(adapter, base_model=model, **kwargs)
         logger.info("loaded adapter %s on %s", adapter, model)
     loaded = loaded.to(target).eval()
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_source(model, adapter))
+    tokenizer = load_pretrained(AutoTokenizer, tokenizer_source(model, adapter))
     logger.info("model %s on %s (%s), tokenizer from %s", model, target, next(loaded.parameters()).dtype,
                 tokenizer_source(model, adapter))
     return loaded, tokenizer

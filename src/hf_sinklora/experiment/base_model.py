@@ -31,6 +31,7 @@ from transformers import (
     set_seed,
 )
 
+from .._paths import default_cache_dir
 from ..data.local_corpus import chunk_token_ids, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -169,13 +170,6 @@ def recipe_key_fields(recipe: BaseModelRecipe) -> dict:
 
         key["generator_version"] = GENERATOR_VERSION
     return key
-
-
-def default_cache_dir() -> Path:
-    """``$HF_SINKLORA_CACHE`` or ``$XDG_CACHE_HOME/hf_sinklora`` (``~/.cache/hf_sinklora``)."""
-    if os.environ.get("HF_SINKLORA_CACHE"):
-        return Path(os.environ["HF_SINKLORA_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hf_sinklora"
 
 
 def _cache_key(texts: list[str], recipe: BaseModelRecipe) -> str:

@@ -1,4 +1,5 @@
-"""SinkLoRA outputs on disk and on the Hub: model card, loading, merging, pushing.
+"""SinkLoRA outputs on disk and on the Hub: model card, loading, merging, pushing; GGUF checkpoints
+and the cached real checkpoint.
 
 Names are imported on first use, so ``import hf_sinklora`` does not pull in peft.
 """
@@ -8,6 +9,10 @@ from __future__ import annotations
 from .._lazy import lazy_getattr
 
 _LAZY = {
+    "convert_gguf": ".gguf",
+    "inspect_gguf": ".gguf",
+    "load_pretrained": ".gguf",
+    "real_checkpoint": ".real_checkpoint",
     "load_model": ".loading",
     "merge_adapter": ".loading",
     "push_adapter": ".push",

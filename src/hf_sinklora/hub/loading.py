@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .auto import SinkLoRAAdapterConfig
+from .gguf import GGUF_SUFFIX, gguf_files_in, is_gguf_file, load_pretrained
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +22,8 @@ def _is_local_dir(path: str | Path) -> bool:
 
 def _read_adapter_config(path: str, hub_kwargs: dict[str, Any]) -> dict[str, Any] | None:
     """The adapter config as a dict, or None when ``path`` holds no adapter."""
+    if is_gguf_file(path):
+        return None
     if _is_local_dir(path):
         file = Path(path) / ADAPTER_CONFIG
         return json.loads(file.read_text()) if file.is_file() else None
@@ -54,10 +57,12 @@ def _hub_reachable(timeout: float = 5.0) -> bool:
 
 
 def model_config_or_error(name: str | Path) -> Any:
-    """``AutoConfig`` of a local directory or hub id, or one ``ValueError`` line saying why not.
+    """``AutoConfig`` of a local directory, GGUF file or hub id, or one ``ValueError`` line saying why not.
 
     A hub id that is neither in the local cache nor reachable fails at once, instead of after a
-    minute of retries: the cache is tried first (``local_files_only``), then the Hub's host.
+    minute of retries: the cache is tried first (``local_files_only``), then the Hub's host. A
+    GGUF file is checked by :func:`~hf_sinklora.hub.gguf.inspect_gguf`; a directory that holds
+    GGUF files but no ``config.json`` is refused with the fix named.
     """
     import os
 
@@ -67,8 +72,14 @@ def model_config_or_error(name: str | Path) -> Any:
     from ..data.sources import looks_like_path
 
     name = str(name)
-    if looks_like_path(name) and not Path(name).expanduser().exists():
+    if (looks_like_path(name) or is_gguf_file(name)) and not Path(name).expanduser().exists():
         raise ValueError(f"model {name} does not exist (a local path, not a hub id)")
+    if is_gguf_file(name):
+        return load_pretrained(AutoConfig, name)
+    found = gguf_files_in(name)
+    if found and not (Path(name).expanduser() / MODEL_CONFIG).is_file():
+        raise ValueError(f"{name} holds {GGUF_SUFFIX} files but no {MODEL_CONFIG}: pass the file itself "
+                         f"({found[0]}) or convert it: hf-sinklora convert-gguf {found[0]} OUT_DIR")
     try:
         return AutoConfig.from_pretrained(name, local_files_only=True)
     except (OSError, ValueError):
@@ -94,7 +105,9 @@ def load_model(
     An *adapter directory* (``adapter_config.json``) loads its base model from
     ``base_model_name_or_path`` with the directory's ``config.json`` (RoPE scaling,
     ``sf_attention`` settings), then the adapter and the trained embedding/norm weights via
-    ``peft.PeftModel.from_pretrained``. Any other directory or hub id loads as a plain model.
+    ``peft.PeftModel.from_pretrained``. Any other directory or hub id loads as a plain model, and
+    so does a ``.gguf`` file (dequantized; see :func:`~hf_sinklora.hub.gguf.load_pretrained`), as
+    a model or as an adapter's base.
     Either way ``attn_implementation`` defaults to ``"sf_attention"`` (full causal attention in
     eval mode, ready for ``generate(past_key_values=H2OCache(...))``).
 
@@ -110,7 +123,7 @@ def load_model(
         ``PreTrainedModel``.
 
     Raises:
-        ValueError: an adapter without ``base_model_name_or_path``.
+        ValueError: an adapter without ``base_model_name_or_path``, or a GGUF file that cannot be used.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -122,7 +135,7 @@ def load_model(
     if adapter_config is None:
         if base_model is not None:
             raise ValueError(f"base_model was given, but {path} is not an adapter directory (no {ADAPTER_CONFIG})")
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        model = load_pretrained(AutoModelForCausalLM, path, **kwargs)
         return model.eval()
 
     from peft import PeftModel
@@ -141,7 +154,7 @@ def load_model(
                 "%s has no %s: the base model's RoPE and sf_attention settings are used (saved without "
                 "SinkLoRATrainer?)", path, MODEL_CONFIG,
             )
-    model = AutoModelForCausalLM.from_pretrained(base, **base_kwargs)
+    model = load_pretrained(AutoModelForCausalLM, base, **base_kwargs)
     model = PeftModel.from_pretrained(model, path, **hub_kwargs)
     if merge:
         model = model.merge_and_unload()

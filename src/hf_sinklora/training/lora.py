@@ -41,7 +41,9 @@ def _base_model(model: Any) -> torch.nn.Module:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(model) if isinstance(model, str) else model
+    from ..hub.gguf import load_pretrained
+
+    config = load_pretrained(AutoConfig, model) if isinstance(model, str) else model
     if not hasattr(config, "to_dict"):
         raise TypeError(f"model must be a torch module, a config or a model id/path, got {type(model).__name__}")
     with init_empty_weights():  # names only: no memory, no weights read

@@ -49,7 +49,7 @@ class TrainSettings:
     ``ValueError`` naming the setting, when the object is built.
     """
 
-    model: str = _required("base model: hub id or local directory")
+    model: str = _required("base model: hub id, local directory or .gguf file")
     dataset: str = _required("training data: .json/.jsonl/.csv/.parquet file, directory or datasets hub id "
                              "(with train_dataset= in Python: only the name the card shows)")
     target_length: int = _required("context length to reach; also SFTConfig.max_length")
@@ -202,6 +202,7 @@ def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbac
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
     from ..attention.config import configure_sf_attention
+    from ..hub.gguf import load_pretrained
     from ..rope import extend_context
     from .data import load_sft_dataset
     from .lora import sinklora_lora_config
@@ -212,11 +213,11 @@ def build_trainer(settings: TrainSettings, *, train_dataset: Any = None, callbac
     train = load_sft_dataset(source, split=settings.dataset_split)  # bad data fails before the model loads
     eval_dataset = load_sft_dataset(settings.eval_dataset) if settings.eval_dataset else None
     set_seed(settings.seed)
-    tokenizer = AutoTokenizer.from_pretrained(settings.model)
+    tokenizer = load_pretrained(AutoTokenizer, settings.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(
-        settings.model, attn_implementation=ATTENTION_IMPLEMENTATIONS[settings.attention],
+    model = load_pretrained(
+        AutoModelForCausalLM, settings.model, attn_implementation=ATTENTION_IMPLEMENTATIONS[settings.attention],
         dtype=torch_dtype(settings.dtype),
     )
     extend_context(model, settings.target_length)
