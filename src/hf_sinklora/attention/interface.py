@@ -23,7 +23,7 @@ from .full_causal import full_causal_attention
 from .grouped_sdpa import grouped_attention, uniform_grouped_attention, uniform_window_free
 from .groups import build_group_layout
 from .mask import overlays_of, padding_of, sf_attention_mask
-from .segments import Segments, find_segments
+from .segments import Segments, find_segments_once
 from .uniform_cpu import flash_cpu_available, head_runs, uniform_flash_attention
 
 logger = logging.get_logger(__name__)  # transformers' logging: warning_once
@@ -35,7 +35,7 @@ def _segments_for(query: torch.Tensor, attention_mask: torch.Tensor | None, kwar
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
     if attention_mask is not None or (position_ids is not None and position_ids.shape[-1] != seq_len):
         position_ids = None
-    return find_segments(batch_size, seq_len, query.device, attention_mask, position_ids, cu_seq_lens)
+    return find_segments_once(batch_size, seq_len, query.device, attention_mask, position_ids, cu_seq_lens)
 
 
 def _head_classes(num_heads: int, settings: SFAttentionConfig) -> list[tuple[int, int, bool]]:
@@ -218,7 +218,7 @@ def grouped_sf_attention(
 
     Args:
         query: ``(B, Hq, n, D)``; key/value: ``(B, Hkv, n, D)``.
-        segments: where the sequences lie (:func:`find_segments`).
+        segments: where the sequences lie (:func:`~hf_sinklora.attention.segments.find_segments`).
         settings: the rule's parameters.
 
     Returns:

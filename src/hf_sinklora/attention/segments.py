@@ -8,6 +8,7 @@ row from TRL's padding-free collator holds several (``position_ids`` restart at 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -32,9 +33,10 @@ class Segments:
     batch_size: int
     seq_len: int
 
-    @property
+    @cached_property
     def is_uniform(self) -> bool:
-        """Every row is one segment covering the whole row (no padding, no packing)."""
+        """Every row is one segment covering the whole row (no padding, no packing); computed once
+        (on a GPU it synchronises with the host)."""
         return (
             self.key_valid is None
             and len(self.row) == self.batch_size
@@ -115,3 +117,52 @@ def find_segments(
     row = torch.arange(batch_size, device=device)
     zeros = torch.zeros_like(row)
     return Segments(row, zeros, zeros + seq_len, None, batch_size, seq_len)
+
+
+@dataclass
+class _Memo:
+    inputs: tuple[torch.Tensor | None, ...]
+    versions: tuple[int | None, ...]
+    grid: tuple[int, int, torch.device]
+    segments: Segments
+
+
+_last: _Memo | None = None
+
+
+def _versions(tensors: tuple[torch.Tensor | None, ...]) -> tuple[int | None, ...]:
+    return tuple(None if t is None else t._version for t in tensors)
+
+
+def find_segments_once(
+    batch_size: int,
+    seq_len: int,
+    device: torch.device,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+    cu_seq_lens: torch.Tensor | None = None,
+) -> Segments:
+    """:func:`find_segments`, computed once per forward rather than once per layer.
+
+    Every layer of a model is handed the very same mask / position tensors, and reading them
+    synchronises a GPU with the host (``nonzero``, ``.all()``): once per layer, that kept the host
+    from queuing the next layers' kernels. The last result is reused while the same tensor objects
+    come back unmodified (same ``_version``) for the same grid; the memo holds them, so their ids
+    cannot be reused by other tensors meanwhile.
+    """
+    global _last
+    inputs = (attention_mask, position_ids, cu_seq_lens)
+    if any(t is not None and t.is_inference() for t in inputs):  # no version counter to trust
+        return find_segments(batch_size, seq_len, device, attention_mask, position_ids, cu_seq_lens)
+    grid = (batch_size, seq_len, torch.device(device))
+    memo = _last
+    if (
+        memo is not None
+        and memo.grid == grid
+        and all(a is b for a, b in zip(memo.inputs, inputs))
+        and memo.versions == _versions(inputs)
+    ):
+        return memo.segments
+    segments = find_segments(batch_size, seq_len, device, attention_mask, position_ids, cu_seq_lens)
+    _last = _Memo(inputs, _versions(inputs), grid, segments)
+    return segments
