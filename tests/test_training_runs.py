@@ -287,6 +287,19 @@ def test_the_card_names_the_training_attention_the_real_scaling_and_the_cache_ar
     assert record["attn_implementation"] == "sdpa"
 
 
+def test_cards_of_a_cli_run_and_its_checkpoints_name_their_own_folders(recipe_workspace, tmp_path):
+    """Cards are rendered inside the staging folder of the atomic save, but must name where they end up."""
+    out = tmp_path / "out16k"
+    assert main([*_argv(recipe_workspace, out), "--save-steps", "1"]) == 0
+    cards = [out / "README.md", *sorted(out.glob("checkpoint-*/README.md"))]
+    assert len(cards) >= 2, "the run and at least one checkpoint have cards"
+    for card in cards:
+        text = card.read_text()
+        assert files.STAGING_PREFIX not in text, f"{card} names a staging folder"
+        assert text.startswith("---") and f"# {card.parent.name}" in text
+        assert f'load_model("{card.parent}")' in text or f"load_model('{card.parent}')" in text, text[:2000]
+
+
 def test_card_tags_and_rope_descriptions():
     from hf_sinklora.hub.card import render_model_card, rope_description
 

@@ -81,10 +81,16 @@ def save_sinklora_files(
     datasets: Iterable[str] = (),
     training: Mapping[str, Any] | None = None,
     eval_results: Iterable[EvalResult | Mapping[str, Any]] = (),
+    destination: str | Path | None = None,
 ) -> None:
     """Writes the base ``config.json`` (adapters only), ``sinklora_recipe.json`` and ``README.md``.
 
     Call after ``model.save_pretrained(output_dir)`` when saving without the trainer.
+
+    Args:
+        destination: where the files end up when ``output_dir`` is a staging folder moved there
+            afterwards (:func:`~hf_sinklora.hub.files.staged_save`): the card's title and loading
+            snippets name it. Default: ``output_dir``.
     """
     base = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     if getattr(model, "peft_config", None):
@@ -92,7 +98,8 @@ def save_sinklora_files(
         config.use_cache = True  # Trainer sets it to TrainingArguments.use_cache (False) while training
         SinkLoRAAdapterConfig.wrapping(config).save_pretrained(output_dir)
     record = recipe_record(model, datasets=datasets, training=training, eval_results=eval_results)
-    write_model_card(output_dir, record)
+    final = Path(destination if destination is not None else output_dir)
+    write_model_card(output_dir, record, load_path=str(final), model_name=final.name)
 
 
 class SinkLoRATrainer(SFTTrainer):
@@ -225,6 +232,7 @@ class SinkLoRATrainer(SFTTrainer):
             save_sinklora_files(
                 self.accelerator.unwrap_model(self.model, keep_torch_compile=False), staging,
                 datasets=self.dataset_names, training=self._training_facts(), eval_results=self._eval_results(),
+                destination=output_dir,
             )
 
     def create_model_card(self, model_name: str | None = None, dataset_name: str | None = None,
