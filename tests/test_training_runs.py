@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -67,6 +68,29 @@ def test_a_directory_holding_a_run_is_refused_resumed_or_overwritten(tmp_path):
     assert (out / "checkpoint-20").is_dir()
     prepare_output_dir(out, {**settings, "lr": 1e-3}, resume=False, overwrite=True)
     assert list(out.iterdir()) == []
+
+
+def test_a_finished_run_is_extended_and_a_reached_one_says_so(recipe_workspace, tmp_path, capsys, caplog):
+    """--resume with a larger --max-steps continues from the last checkpoint (the default saves one at
+    the end), records the extension, says what happens to the schedule; at its steps it exits 0."""
+    out = tmp_path / "out"
+    argv = [a for a in _argv(recipe_workspace, out) if a not in ("--save-steps", "0")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main([*argv, "--resume"]) == 0
+    said = capsys.readouterr().out
+    assert "already reached step 2: nothing to train" in said and "train loss" not in said
+    extended = [*argv[: argv.index("--max-steps") + 1], "4", *argv[argv.index("--max-steps") + 2 :], "--resume"]
+    with caplog.at_level("WARNING", logger="hf_sinklora.training.recipe"):
+        assert main(extended) == 0
+    assert re.search(r"^global step +4$", capsys.readouterr().out, re.MULTILINE)
+    assert "extending the run from 2 to 4 steps at step 2" in caplog.text and "schedule is rebuilt" in caplog.text
+    record = json.loads((out / runs.RUN_FILE).read_text())
+    assert record["max_steps"] == 4
+    assert record["extensions"] == [{"at_step": 2, "max_steps": {"from": 2, "to": 4}}]
+    with pytest.raises(SystemExit) as exit_info:  # what changes the run's meaning is still refused
+        main([*extended[:-1], "--lr", "1e-3", "--resume"])
+    assert exit_info.value.code == 2 and "(lr: 0.0002 -> 0.001)" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_directory_that_is_no_run(tmp_path):

@@ -53,5 +53,9 @@ def run_train_command(args: argparse.Namespace) -> int:
     summary = run_training(settings_from_args(args))
     end_process_group()
     if summary.pop("main_process"):  # under accelerate launch, one summary
-        print(format_summary(summary))
+        if summary.get("already_complete"):
+            print(f"{summary['output_dir']} already reached step {summary['global_step']}: nothing to train "
+                  "(a larger --max-steps extends the run)")
+        else:
+            print(format_summary(summary))
     return 0

@@ -22,6 +22,7 @@ from .runs import (
     SaveOnInterrupt,
     TrainingInterrupted,
     latest_complete_checkpoint,
+    checkpoint_step,
     prepare_output_dir,
     record_run,
 )
@@ -67,7 +68,8 @@ class TrainSettings:
     sink_tokens: int = _opt(4, "SF-Attn sink tokens per sequence (>= 0)")
     shifted_head_ratio: float = _opt(0.5, "fraction of heads whose groups are shifted by half a group, in [0, 1]")
     push_to_hub: str | None = _opt(None, "Hub repo id to push the adapter and card to at the end")
-    resume: bool = _opt(False, "resume the run in --output-dir from its latest complete checkpoint (same settings)")
+    resume: bool = _opt(False, "resume the run in --output-dir from its latest complete checkpoint (same settings; "
+                        "a larger --max-steps extends it, and the learning-rate schedule is rebuilt for the new length)")
     overwrite: bool = _opt(False, "clear --output-dir first when it holds another run")
     dataset_split: str = _opt("train", "split of a hub dataset")
     eval_dataset: str | None = _opt(None, "evaluation data (same formats); loss and perplexity go on the card")
@@ -262,13 +264,26 @@ def run_training(
     started = time.perf_counter()
     main_process = int(os.environ.get("RANK", "0")) == 0  # under accelerate launch, one process owns the directory
     record = dataclasses.asdict(settings)
+    previous = None
     if main_process:
-        prepare_output_dir(settings.output_dir, record, resume=settings.resume, overwrite=settings.overwrite)
+        previous = prepare_output_dir(settings.output_dir, record, resume=settings.resume, overwrite=settings.overwrite)
+    checkpoint = latest_complete_checkpoint(settings.output_dir) if settings.resume else None
+    reached = checkpoint_step(checkpoint) if checkpoint else 0
+    if checkpoint and settings.max_steps != -1 and reached >= settings.max_steps:
+        logger.info("--resume: %s already reached step %d (--max-steps %d): nothing to train; pass a larger "
+                    "--max-steps to extend it", settings.output_dir, reached, settings.max_steps)
+        return {"output_dir": settings.output_dir, "global_step": reached, "already_complete": True,
+                "resumed_from": checkpoint, "main_process": main_process}
+    if previous is not None and previous.get("max_steps") != settings.max_steps:
+        logger.warning(
+            "--resume: extending the run from %s to %s steps at step %d; the %s learning-rate schedule is rebuilt "
+            "for the new length, so from here the rate follows the longer run's curve (for a decaying schedule, "
+            "higher than where the shorter run left it)", previous.get("max_steps"), settings.max_steps, reached,
+            settings.lr_scheduler_type)
     interrupt = SaveOnInterrupt()
     trainer = build_trainer(settings, train_dataset=train_dataset, callbacks=[*(callbacks or []), interrupt])
     if main_process:
-        record_run(settings.output_dir, record)
-    checkpoint = latest_complete_checkpoint(settings.output_dir) if settings.resume else None
+        record_run(settings.output_dir, record, previous, at_step=reached)
     if settings.resume and checkpoint is None:
         logger.warning("--resume: no checkpoint in %s yet; training from the start", settings.output_dir)
     elif checkpoint:

@@ -26,8 +26,11 @@ from ..hub.files import write_text_atomic
 logger = logging.getLogger(__name__)
 
 RUN_FILE = "sinklora_run.json"
-# settings that may change between a run and its resumption (a run directory may also be moved)
-RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "push_to_hub", "report_to", "disable_tqdm", "logging_steps")
+# settings that may change between a run and its resumption (a run directory may also be moved);
+# max_steps extends (or, below the step reached, ends) the run: every change is kept in the record
+RESUMABLE_CHANGES = ("output_dir", "resume", "overwrite", "push_to_hub", "report_to", "disable_tqdm", "logging_steps",
+                     "max_steps", "save_steps")
+EXTENSIONS_KEY = "extensions"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -42,13 +45,18 @@ class TrainingInterrupted(Exception):
 
 
 def _differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    keys = sorted((set(recorded) | set(current)) - set(RESUMABLE_CHANGES))
+    keys = sorted((set(recorded) | set(current)) - set(RESUMABLE_CHANGES) - {EXTENSIONS_KEY})
     return [f"{key}: {recorded.get(key)!r} -> {current.get(key)!r}" for key in keys if recorded.get(key) != current.get(key)]
 
 
-def prepare_output_dir(output_dir: str | Path, settings: dict[str, Any], *, resume: bool, overwrite: bool) -> None:
+def prepare_output_dir(
+    output_dir: str | Path, settings: dict[str, Any], *, resume: bool, overwrite: bool
+) -> dict[str, Any] | None:
     """Makes ``output_dir`` ready for a run of ``settings`` (a JSON-able dict); :func:`record_run`
     writes them once training starts (a run that fails before that leaves no record behind).
+
+    Returns:
+        The recorded settings of the run being resumed, or None.
 
     Raises:
         ValueError: the directory holds another run and neither ``resume`` nor ``overwrite``
@@ -69,10 +77,12 @@ def prepare_output_dir(output_dir: str | Path, settings: dict[str, Any], *, resu
         if not record.is_file():
             raise ValueError(f"--resume: output_dir {output_dir} holds {entries[:4]} but no {RUN_FILE}, "
                              "so it is not a run of this tool to continue; use another --output-dir or --overwrite")
-        differences = _differences(json.loads(record.read_text()), settings)
+        recorded = json.loads(record.read_text())
+        differences = _differences(recorded, settings)
         if differences:
             raise ValueError(f"--resume: output_dir {output_dir} holds a run with other settings "
-                             f"({'; '.join(differences)}); resume with the same settings, or use --overwrite")
+                             f"({'; '.join(differences)}); resume with the same settings (only "
+                             f"{', '.join(RESUMABLE_CHANGES[-2:])} and logging may change), or use --overwrite")
     elif entries:
         shown = ", ".join(entries[:4]) + (" ..." if len(entries) > 4 else "")
         raise ValueError(f"output_dir {output_dir} already holds a run ({shown}); pass --resume to continue it "
@@ -80,11 +90,32 @@ def prepare_output_dir(output_dir: str | Path, settings: dict[str, Any], *, resu
     existing = next(p for p in (output_dir, *output_dir.absolute().parents) if p.exists())
     if not os.access(existing, os.W_OK):
         raise ValueError(f"output_dir {output_dir} is not writable ({existing} is read-only)")
+    return recorded if entries and resume else None
 
 
-def record_run(output_dir: str | Path, settings: dict[str, Any]) -> None:
-    """Writes ``settings`` to ``output_dir/sinklora_run.json`` (what ``--resume`` compares)."""
-    write_text_atomic(Path(output_dir) / RUN_FILE, json.dumps(settings, indent=2, default=str) + "\n")
+def record_run(output_dir: str | Path, settings: dict[str, Any], previous: dict[str, Any] | None = None,
+               at_step: int | None = None) -> None:
+    """Writes ``settings`` to ``output_dir/sinklora_run.json`` (what ``--resume`` compares).
+
+    Args:
+        previous: the record of the run being resumed: its history of extensions is kept, and a
+            change of ``max_steps`` / ``save_steps`` is added to it.
+        at_step: the step the resumed run continues from.
+    """
+    record = dict(settings)
+    history = list((previous or {}).get(EXTENSIONS_KEY, []))
+    changed = {key: {"from": previous.get(key), "to": settings.get(key)}
+               for key in ("max_steps", "save_steps") if previous is not None and previous.get(key) != settings.get(key)}
+    if changed:
+        history.append({"at_step": at_step, **changed})
+    if history:
+        record[EXTENSIONS_KEY] = history
+    write_text_atomic(Path(output_dir) / RUN_FILE, json.dumps(record, indent=2, default=str) + "\n")
+
+
+def checkpoint_step(checkpoint: str | Path) -> int:
+    """``global_step`` recorded in a checkpoint's ``trainer_state.json``."""
+    return int(json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"])
 
 
 def latest_complete_checkpoint(output_dir: str | Path) -> str | None:
