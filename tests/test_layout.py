@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "hf_sinklora"
 
 # top-level unit (package or module) -> layer, as docs/layout.md lists them
 LAYERS = {
-    "_checks": 1, "_lazy": 1, "_paths": 1, "data": 1, "cache": 1,
+    "_checks": 1, "_lazy": 1, "_paths": 1, "_warnings": 1, "data": 1, "cache": 1,
     "attention": 2, "rope": 2,
     "hub": 3,
     "training": 4, "evaluation": 4,

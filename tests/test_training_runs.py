@@ -276,6 +276,15 @@ def one_step_adapter(recipe_workspace, tmp_path_factory):
     return out
 
 
+def test_loading_an_adapter_raises_no_deprecation_of_the_stack(one_step_adapter, recwarn):
+    from transformers import AutoModelForCausalLM
+
+    hf_sinklora.load_model(one_step_adapter)
+    AutoModelForCausalLM.from_pretrained(one_step_adapter)
+    messages = [str(w.message) for w in recwarn]
+    assert not any("is_gradient_checkpointing" in m for m in messages), messages
+
+
 def test_plain_transformers_and_pipeline_load_base_adapter_and_rope(one_step_adapter):
     import torch
     from peft import PeftModel

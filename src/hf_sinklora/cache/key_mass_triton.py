@@ -44,7 +44,7 @@ def _key_mass_kernel(
     # query i sees slot j iff j <= past + i: the first query block that sees any slot of this block
     first_query = tl.maximum(block_n * BLOCK_N - past, 0)
     start = (first_query // BLOCK_M) * BLOCK_M
-    for member in range(0, group):
+    for member in range(group):
         head = kv_head * group + member
         q_base = query_ptr + row * stride_qb + head * stride_qh
         lse_base = lse_ptr + row * stride_lb + head * stride_lh

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .._warnings import without_known_deprecations
 from .auto import SinkLoRAAdapterConfig
 from .gguf import GGUF_SUFFIX, gguf_files_in, is_gguf_file, load_pretrained
 
@@ -155,7 +156,8 @@ def load_model(
                 "SinkLoRATrainer?)", path, MODEL_CONFIG,
             )
     model = load_pretrained(AutoModelForCausalLM, base, **base_kwargs)
-    model = PeftModel.from_pretrained(model, path, **hub_kwargs)
+    with without_known_deprecations():
+        model = PeftModel.from_pretrained(model, path, **hub_kwargs)
     if merge:
         model = model.merge_and_unload()
     return model.eval()

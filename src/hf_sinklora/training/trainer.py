@@ -18,12 +18,10 @@ save never leaves a half-written adapter or card that loads.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
 import os
-import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,20 +33,17 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from trl import SFTTrainer
 
 from .._checks import accepts_logits_to_keep
+from .._warnings import without_known_deprecations
 from ..hub.auto import SinkLoRAAdapterConfig
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
 from ..hub.files import staged_save, write_text_atomic
-from .scored_positions import fused_head_projects_every_position, scored_positions, token_statistics
+from .scored_positions import (
+    fused_head_projects_every_position,
+    scored_positions,
+    token_statistics,
+)
 
 logger = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _without_known_deprecations():
-    """peft reads ``is_gradient_checkpointing``, which transformers deprecates: not the user's to fix."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
 
 
 def format_log(step: int, logs: Mapping[str, Any]) -> str:
@@ -115,7 +110,7 @@ class SinkLoRATrainer(SFTTrainer):
     def __init__(self, *args: Any, dataset_names: Iterable[str] = (), eval_dataset_name: str | None = None,
                  **kwargs: Any) -> None:
         given = kwargs.get("train_dataset", args[3] if len(args) > 3 else None)
-        with _without_known_deprecations():
+        with without_known_deprecations():
             super().__init__(*args, **kwargs)
         for stock, numeric in ((ProgressCallback, NumericProgressCallback), (PrinterCallback, NumericPrinterCallback)):
             if self.pop_callback(stock) is not None:
@@ -126,7 +121,7 @@ class SinkLoRATrainer(SFTTrainer):
         self._check_nothing_dropped(given)
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
-        with _without_known_deprecations():
+        with without_known_deprecations():
             return super().train(*args, **kwargs)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
