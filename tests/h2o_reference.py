@@ -144,3 +144,47 @@ def kept_from_probabilities(
             ))
         kept.append(row)
     return torch.tensor(kept)
+
+
+def snapkv_kept_from_probabilities(
+    probs: torch.Tensor,
+    num_kv_heads: int,
+    real: torch.Tensor,
+    *,
+    budget: int,
+    window: int,
+    pooling: int,
+    num_sink_tokens: int,
+) -> torch.Tensor:
+    """SnapKV's kept positions ``(B, Hkv, budget)`` after one prefill, from eager probabilities.
+
+    Each position's score is the probability the last ``window`` queries give it, summed over
+    those queries, averaged over a KV head's query heads, then averaged over the ``pooling``
+    positions around it (as many as exist); the sinks and the last ``window`` positions stay.
+
+    Args:
+        probs: ``(B, Hq, n, n)`` attention probabilities of one layer.
+        real: ``(B, n)`` bool, False for padding.
+    """
+    batch, num_heads, n, _ = probs.shape
+    group = num_heads // num_kv_heads
+    observed = probs.double()[:, :, n - window :].sum(dim=2)  # (B, Hq, n)
+    mass = observed.view(batch, num_kv_heads, group, n).mean(dim=2)
+    half = pooling // 2
+    kept = []
+    for b in range(batch):
+        real_positions = [p for p in range(n) if real[b, p]]
+        sinks = set(real_positions[:num_sink_tokens])
+        recent = set(range(n - min(window, budget - num_sink_tokens), n))
+        row = []
+        for h in range(num_kv_heads):
+            pooled = {}
+            for p in range(n):
+                neighbours = [float(mass[b, h, q]) for q in range(max(0, p - half), min(n, p + half + 1))]
+                pooled[p] = sum(neighbours) / len(neighbours)
+            protected = (sinks | recent) & set(real_positions)
+            others = sorted((p for p in range(n) if p not in protected),
+                            key=lambda p: pooled[p] if p in real_positions else -math.inf, reverse=True)
+            row.append(sorted(protected | set(others[: budget - len(protected)])))
+        kept.append(row)
+    return torch.tensor(kept)

@@ -187,7 +187,7 @@ def test_passkey_through_eviction_caches(checkpoint, tmp_path, capsys):
                  "--output", str(tmp_path / "h2o_all.json")]) == 0
     kept_all = json.loads((tmp_path / "h2o_all.json").read_text())
     assert [s["answer"] for s in kept_all["samples"]] == [s["answer"] for s in full["samples"]]
-    for policy in ("h2o", "streaming", "recent"):
+    for policy in ("h2o", "snapkv", "streaming", "recent"):
         out = tmp_path / f"{policy}.json"
         assert main([*base, "--cache", policy, "--budget", "24", "--prefill-chunk-size", "32", "--output", str(out)]) == 0
         settings = json.loads(out.read_text())["settings"]

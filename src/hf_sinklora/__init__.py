@@ -10,7 +10,7 @@ from ._lazy import lazy_getattr
 from .attention import SFAttentionConfig, configure_sf_attention
 from .attention import register as _register_attention
 from .hub.auto import register as _register_adapter_loading
-from .cache import EvictingCache, H2OCache, H2OPolicy, RecentWindowPolicy, StreamingLLMPolicy
+from .cache import EvictingCache, H2OCache, H2OPolicy, RecentWindowPolicy, SnapKVPolicy, StreamingLLMPolicy
 from .evaluation import evaluate_perplexity, make_passkey_prompt, passkey_accuracy, perplexity
 
 __version__ = "0.1.0.dev0"
@@ -38,6 +38,7 @@ __all__ = [
     "H2OCache",
     "H2OPolicy",
     "RecentWindowPolicy",
+    "SnapKVPolicy",
     "StreamingLLMPolicy",
     "SFAttentionConfig",
     "__version__",

@@ -49,6 +49,14 @@ def lse_path_applies(
     """
     if device.type not in LSE_PATH_DEVICE_TYPES or num_queries < 2:
         return False
+    return plain_layout(all_slots_real, queries_real, sliding_window, softcap)
+
+
+def plain_layout(
+    all_slots_real: bool, queries_real: torch.Tensor | None, sliding_window: int | None, softcap: float | None
+) -> bool:
+    """A multi-token step that fused kernels can attend: no padding among the slots or the step's
+    queries, no sliding window, no soft-capping (the step's tokens are the last slots, in order)."""
     if not all_slots_real or sliding_window is not None or softcap is not None:
         return False
     return queries_real is None or bool(queries_real.all())
@@ -112,6 +120,19 @@ def lse_scored_attention(
         ``out (B, q, Hq, D)`` and ``key_mass (B, Hkv, slots)`` float32: each slot's probability
         summed over the queries and averaged over the query heads sharing its KV head.
     """
+    out, lse = fused_step_attention(query, keys, values, scale=scale)
+    key_mass = key_mass_from_lse(query, keys, lse, scale=scale, implementation=implementation)
+    return out, key_mass
+
+
+def fused_step_attention(
+    query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, *, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The attention of :func:`lse_scored_attention` (same layout), without any score.
+
+    Returns:
+        ``out (B, q, Hq, D)`` and ``lse (B, Hq, q)`` float32.
+    """
     num_queries = query.shape[2]
     past = keys.shape[2] - num_queries
     group = query.shape[1] // keys.shape[1]
@@ -123,8 +144,34 @@ def lse_scored_attention(
         dtype = torch.promote_types(query.dtype, torch.float32)
         out = out.to(dtype) * (lse - merged).exp()[..., None] + out_past.to(dtype) * (lse_past - merged).exp()[..., None]
         out, lse = out.to(query.dtype), merged
-    key_mass = key_mass_from_lse(query, keys, lse, scale=scale, implementation=implementation)
-    return out.transpose(1, 2), key_mass
+    return out.transpose(1, 2), lse
+
+
+def window_key_mass(query: torch.Tensor, keys: torch.Tensor, *, scale: float, window: int) -> torch.Tensor:
+    """What each slot receives from a step's last ``window`` queries (SnapKV's observation window).
+
+    Same layout as :func:`key_mass_from_lse`; only ``window x slots`` scores per head are formed.
+
+    Args:
+        query: ``(B, Hq, q, D)``; keys: ``(B, Hkv, slots, D)``; ``window`` in ``[0, q]``.
+
+    Returns:
+        ``(B, Hkv, slots)`` float32, averaged over the query heads of each KV head.
+    """
+    batch, num_heads, num_queries, head_dim = query.shape
+    num_kv_heads, num_slots = keys.shape[1], keys.shape[2]
+    key_mass = torch.zeros(batch, num_kv_heads, num_slots, dtype=torch.float32, device=query.device)
+    if window == 0:
+        return key_mass
+    group = num_heads // num_kv_heads
+    observed = query[:, :, num_queries - window :].reshape(batch, num_kv_heads, group * window, head_dim)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    logits = torch.matmul(observed, keys.transpose(-1, -2)).to(dtype).mul_(scale)  # (B, Hkv, group * window, slots)
+    first = num_slots - window  # slot of the window's first query
+    index = torch.arange(num_slots, device=query.device)
+    future = (index[None, :] > first + torch.arange(window, device=query.device)[:, None]).repeat(group, 1)
+    probabilities = logits.masked_fill_(future, float("-inf")).softmax(dim=-1)
+    return (probabilities.sum(dim=2) / group).float()
 
 
 def key_mass_from_lse(

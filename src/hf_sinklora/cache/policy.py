@@ -62,6 +62,17 @@ class EvictionPolicy:
             return int(self.budget)
         return max(self.num_sink_tokens + 1, round(self.budget * prompt_length))
 
+    def observation_window(self, num_queries: int) -> int:
+        """How many of a step's last queries score the keys (their attention is added to the
+        scores): all of them here, as H2O does; ``0`` for a policy that never reads scores, which
+        then costs no scoring pass at all."""
+        return num_queries
+
+    def step_mass(self, key_mass: torch.Tensor, num_queries: int) -> torch.Tensor:
+        """What a step adds to the scores, from ``key_mass (B, Hkv, slots)``: the attention each
+        slot received from the observed queries (slots in position order when ``num_queries > 1``)."""
+        return key_mass
+
     def keep_priority(
         self, scores: torch.Tensor, slot_positions: torch.Tensor, newest: int, budget: int
     ) -> torch.Tensor:
@@ -110,8 +121,59 @@ class H2OPolicy(EvictionPolicy):
 
 
 @dataclass(frozen=True, kw_only=True)
+class SnapKVPolicy(EvictionPolicy):
+    """SnapKV (arXiv 2404.14469): a prompt's keys ranked by the attention of its last ``window``
+    queries (the observation window, which should hold the question), smoothed over neighbouring
+    keys; the sinks and the newest ``window`` tokens always stay.
+
+    A multi-token step (a prefill, a prefill chunk) scores its slots with its own last ``window``
+    queries only, averaged over ``pooling`` neighbouring keys. While decoding, the newest
+    ``window`` tokens stay and each new token's attention adds to the scores, as in H2O: a
+    generated token that the following ones attend to competes with the prompt's keys once it
+    leaves the window. A chunked prefill scores each chunk with that chunk's last queries, which
+    are not the question (see docs/h2o.md).
+
+    Args:
+        window: observation window (and protected recent tokens), an int >= 1.
+        pooling: width of the average pooling over neighbouring keys, an odd int >= 1 (1: none).
+    """
+
+    window: int = 8
+    pooling: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not is_int(self.window) or self.window < 1:
+            raise ValueError(f"window must be an int >= 1, got {self.window!r}")
+        if not is_int(self.pooling) or self.pooling < 1 or self.pooling % 2 == 0:
+            raise ValueError(f"pooling must be an odd int >= 1, got {self.pooling!r}")
+
+    def observation_window(self, num_queries: int) -> int:
+        return min(self.window, num_queries)
+
+    def step_mass(self, key_mass: torch.Tensor, num_queries: int) -> torch.Tensor:
+        if num_queries == 1 or self.pooling == 1:
+            return key_mass
+        batch, heads, slots = key_mass.shape
+        pooled = torch.nn.functional.avg_pool1d(key_mass.reshape(batch * heads, 1, slots), self.pooling, stride=1,
+                                                padding=self.pooling // 2, count_include_pad=False)
+        return pooled.view(batch, heads, slots)
+
+    def keep_priority(
+        self, scores: torch.Tensor, slot_positions: torch.Tensor, newest: int, budget: int
+    ) -> torch.Tensor:
+        recent = min(self.window, budget - self.num_sink_tokens)
+        if recent <= 0:
+            return scores
+        return scores.masked_fill(slot_positions > newest - recent, float("inf"))
+
+
+@dataclass(frozen=True, kw_only=True)
 class StreamingLLMPolicy(EvictionPolicy):
     """StreamingLLM (arXiv 2309.17453): the sinks and the most recent tokens, nothing else."""
+
+    def observation_window(self, num_queries: int) -> int:
+        return 0  # ranks by position only: no attention is scored
 
     def keep_priority(
         self, scores: torch.Tensor, slot_positions: torch.Tensor, newest: int, budget: int

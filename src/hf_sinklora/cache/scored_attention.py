@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from .h2o_layer import H2OLayer
-from .lse_scores import lse_path_applies, lse_scored_attention
+from .lse_scores import fused_step_attention, lse_path_applies, lse_scored_attention, plain_layout, window_key_mass
 
 # Scores materialised per query chunk (elements): 2**22 float32 = 16 MiB on the CPU. On CUDA 2**26
 # (256 MiB): every chunk costs a few host syncs and a dozen kernel launches, and at 2**22 a 16k-token
@@ -31,6 +31,7 @@ def scored_attention(
     sliding_window: int | None = None,
     softcap: float | None = None,
     chunk_elements: int | None = None,
+    scored_from: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of the step's queries over every slot of ``layer``.
 
@@ -44,6 +45,7 @@ def scored_attention(
         softcap: Gemma2-style ``tanh`` logit soft-capping.
         chunk_elements: bound on the scores held at once (default :data:`SCORE_CHUNK_ELEMENTS`,
             :data:`CUDA_SCORE_CHUNK_ELEMENTS` on CUDA).
+        scored_from: queries before this index attend but give no score (an observation window).
 
     Returns:
         ``out (B, q, Hq, D)`` and ``key_mass (B, Hkv, slots)`` float32: each slot's probability
@@ -112,7 +114,12 @@ def scored_attention(
         logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
         weights = logits.view(batch, num_kv_heads, group * size, width)
         inverse_sums = weights.sum(dim=-1, keepdim=True).reciprocal_()  # (B, Hkv, group * size, 1)
-        key_mass[..., :width] += torch.matmul(inverse_sums.transpose(-1, -2), weights).squeeze(-2)
+        if start + size > scored_from:
+            counted = inverse_sums
+            if start < scored_from:  # rows of queries before the window weigh nothing
+                observed = torch.arange(start, start + size, device=query.device) >= scored_from
+                counted = inverse_sums * observed.repeat(group)[:, None]
+            key_mass[..., :width] += torch.matmul(counted.transpose(-1, -2), weights).squeeze(-2)
         chunk_out = torch.matmul(weights.to(values.dtype), values[:, :, :width]).mul_(inverse_sums)
         out[:, :, :, start : start + size] = chunk_out.view(batch, num_kv_heads, group, size, head_dim)
     if group > 1:
@@ -155,13 +162,19 @@ def h2o_attention(
             )
         new_tokens_real = attention_mask[:, -num_new:]
     layer.begin_step(num_new, new_tokens_real)
-    all_real = layer.holds_only_real_tokens() if num_new > 1 else False
-    if lse_path_applies(query.device, num_new, all_real, new_tokens_real, sliding_window, softcap):
-        # a prefill or prefill chunk of the plain layout: a fused kernel attends, its log-sum-exp scores
+    window = layer.policy.observation_window(num_new)
+    plain = num_new > 1 and plain_layout(layer.holds_only_real_tokens(), new_tokens_real, sliding_window, softcap)
+    if plain and window < num_new:
+        # a fused kernel attends; only the observation window's queries (if any) are scored
+        out, _ = fused_step_attention(query, layer.keys, layer.values, scale=scale)
+        key_mass = window_key_mass(query, layer.keys, scale=scale, window=window)
+    elif plain and lse_path_applies(query.device, num_new, True, None, None, None):
+        # every query scores: a fused kernel attends, its log-sum-exp gives the scores
         out, key_mass = lse_scored_attention(query, layer.keys, layer.values, scale=scale)
     else:
         out, key_mass = scored_attention(
-            query, layer, scale=scale, queries_real=new_tokens_real, sliding_window=sliding_window, softcap=softcap
+            query, layer, scale=scale, queries_real=new_tokens_real, sliding_window=sliding_window, softcap=softcap,
+            scored_from=num_new - window,
         )
-    layer.end_step(key_mass, sliding_window)
+    layer.end_step(layer.policy.step_mass(key_mass, num_new), sliding_window)
     return out

@@ -19,13 +19,14 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import Cache
 
-from ..cache import EvictingCache, H2OPolicy, RecentWindowPolicy, StreamingLLMPolicy
+from ..cache import EvictingCache, H2OPolicy, RecentWindowPolicy, SnapKVPolicy, StreamingLLMPolicy
 from .loading import model_device
 
 logger = logging.getLogger(__name__)
 
 POLICIES: dict[str, Callable[[int], Cache]] = {
     "h2o": H2OPolicy,
+    "snapkv": SnapKVPolicy,
     "streaming": StreamingLLMPolicy,
     "recent": RecentWindowPolicy,
 }
@@ -163,7 +164,7 @@ def _budget_tokens(fraction: float, length: int) -> int:
 
 
 def eviction_cache(policy: str, budget: float, prompt_tokens: int) -> EvictingCache:
-    """A fresh cache of ``policy`` (``h2o``, ``streaming`` or ``recent``) for a prompt of ``prompt_tokens``.
+    """A fresh cache of ``policy`` (a :data:`POLICIES` name) for a prompt of ``prompt_tokens``.
 
     Args:
         budget: kept tokens per layer and KV head: a fraction of the prompt when ``<= 1``, else a

@@ -10,6 +10,9 @@ from typing import Any
 
 from .._checks import DTYPE_NAMES
 
+# cache_quality.POLICIES' names, spelled out so that building the parser imports no torch (a test keeps them equal)
+CACHE_POLICY_NAMES = ("h2o", "recent", "snapkv", "streaming")
+
 logger = logging.getLogger(__name__)
 
 
@@ -204,9 +207,9 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     passkey.add_argument("--key-digits", type=int, default=5, help="digits of each key (default: 5)")
     passkey.add_argument("--max-new-tokens", type=int, default=None,
                          help="tokens to generate (default: the key's token count + 2)")
-    passkey.add_argument("--cache", choices=["h2o", "streaming", "recent"], default=None,
-                         help="evict the KV cache while answering: H2O, StreamingLLM (sinks + recent) or a "
-                              "recent window (default: the full cache)")
+    passkey.add_argument("--cache", choices=CACHE_POLICY_NAMES, default=None,
+                         help="evict the KV cache while answering: H2O, SnapKV (ranked by the prompt's last "
+                              "8 queries), StreamingLLM (sinks + recent) or a recent window (default: the full cache)")
     passkey.add_argument("--budget", type=float, default=None,
                          help="with --cache: kept tokens, a fraction of the prompt (<= 1) or a count (> 1)")
     passkey.add_argument("--prefill-chunk-size", type=int, default=None,
@@ -225,7 +228,7 @@ def add_eval_parsers(subparsers: argparse._SubParsersAction) -> None:
     h2o.add_argument("--budgets", type=_float_list, default=[0.1, 0.25, 0.5, 1.0],
                      help="budgets as fractions of --length (default: 0.1,0.25,0.5,1)")
     h2o.add_argument("--policies", type=lambda t: [p for p in t.split(",") if p], default=["h2o", "streaming", "recent"],
-                     help="comma-separated: h2o, streaming, recent (default: all)")
+                     help="comma-separated: h2o, snapkv, streaming, recent (default: h2o, streaming, recent)")
     h2o.add_argument("--chunk-size", type=int, default=1, help="tokens per forward (default: 1, token by token)")
     h2o.add_argument("--max-segments", type=int, default=None, help="evaluate at most N segments")
     h2o.add_argument("--max-tokens", type=int, default=None, help="use only the corpus' first N tokens")
