@@ -48,7 +48,8 @@ from bench_common import (
 from bench_h2o import default_config
 from transformers import AutoModelForCausalLM, DynamicCache
 
-from hf_sinklora import H2OCache
+from hf_sinklora import EvictingCache, H2OCache
+from hf_sinklora.evaluation.cache_quality import POLICIES
 
 logger = logging.getLogger("bench_h2o_prefill")
 CONTENDERS = ("sdpa", "sdpa-chunked", "h2o", "h2o-chunked")
@@ -72,7 +73,9 @@ def shape_config(shape: str, n: int) -> Any:
 
 
 def measure(n: int, budget: float, chunk: int, repeats: int, device: str, dtype: torch.dtype = torch.float32,
-            shape: str = DEFAULT_SHAPE) -> dict[str, Any]:
+            shape: str = DEFAULT_SHAPE, policies: Sequence[str] = ()) -> dict[str, Any]:
+    """Medians over ``repeats`` alternating prefills of each contender (and of each extra eviction
+    policy of ``policies``, one-shot), and their ratios to one-shot SDPA."""
     config = shape_config(shape, n)
     # each model its own config: from_config keeps the object it is given, and the second call would
     # switch the first model's attention too (the baseline then ran sf_attention, not stock SDPA)
@@ -89,15 +92,17 @@ def measure(n: int, budget: float, chunk: int, repeats: int, device: str, dtype:
         "h2o": lambda: prefill_seconds(sf, ids, H2OCache(tokens), None, device),
         "h2o-chunked": lambda: prefill_seconds(sf, ids, H2OCache(tokens), chunk, device),
     }
+    for policy in policies:
+        runs[policy] = lambda p=policy: prefill_seconds(sf, ids, EvictingCache(POLICIES[p](tokens)), None, device)
     for run in runs.values():  # warm-up
         run()
-    seconds: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        for name in CONTENDERS:
-            seconds[name].append(runs[name]())
+        for name, run in runs.items():
+            seconds[name].append(run())
     medians = {name: statistics.median(values) for name, values in seconds.items()}
-    ratios = {name: medians[name] / medians["sdpa"] for name in CONTENDERS}
-    logger.info("n=%d: %s", n, ", ".join(f"{k} {medians[k]:.2f}s ({ratios[k]:.2f}x)" for k in CONTENDERS))
+    ratios = {name: medians[name] / medians["sdpa"] for name in runs}
+    logger.info("n=%d: %s", n, ", ".join(f"{k} {medians[k]:.2f}s ({ratios[k]:.2f}x)" for k in runs))
     return {"n": n, "budget_tokens": tokens, "seconds": seconds, "median_s": medians, "ratio_to_sdpa": ratios}
 
 
@@ -172,7 +177,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
     axis = figure.add_subplot(1, 1, 1)
     rows = document["rows"]
     lengths = [row["n"] for row in rows]
-    for name in CONTENDERS[1:]:
+    for name in [c for c in rows[0]["ratio_to_sdpa"] if c != "sdpa"]:
         medians = [row["ratio_to_sdpa"][name] for row in rows]
         low = [m - min(row["seconds"][name]) / row["median_s"]["sdpa"] for m, row in zip(medians, rows)]
         high = [max(row["seconds"][name]) / row["median_s"]["sdpa"] - m for m, row in zip(medians, rows)]
@@ -195,6 +200,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384])
+    parser.add_argument("--policies", nargs="*", default=[], choices=[p for p in POLICIES if p != "h2o"],
+                        help="also time one-shot prefills through these eviction policies (e.g. snapkv streaming)")
     parser.add_argument("--shape", choices=[DEFAULT_SHAPE, *MODEL_SHAPES], default=DEFAULT_SHAPE,
                         help="model shape (random weights); default: bench_h2o.py's 4-layer model")
     parser.add_argument("--budget", type=float, default=0.2, help="H2O budget as a fraction of n")
@@ -239,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     shape_part = "" if args.shape == DEFAULT_SHAPE else f"{args.shape}_"
     stem = args.output_dir / f"bench_h2o_prefill_{shape_part}{'cuda' if args.device.startswith('cuda') else 'cpu'}"
     for n in args.lengths:  # rewritten after every length, so a run stopped early keeps what it measured
-        document["rows"].append(measure(n, args.budget, args.chunk, args.repeats, args.device, dtype, args.shape))
+        document["rows"].append(measure(n, args.budget, args.chunk, args.repeats, args.device, dtype, args.shape,
+                                        args.policies))
         stem.with_suffix(".json").write_text(json.dumps(document, indent=2) + "\n")
         plot(document, stem.with_suffix(".png"))
 
