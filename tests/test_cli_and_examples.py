@@ -131,3 +131,32 @@ def test_finetune_example_runs_on_a_local_checkpoint(tmp_path, tokenizer, monkey
     runpy.run_path(str(EXAMPLES / "finetune_sf_attention.py"), run_name="__main__")
     trained = AutoModelForCausalLM.from_pretrained(out, attn_implementation="sf_attention")
     assert trained.config.sf_attention["num_sink_tokens"] == 2
+
+
+def test_log_lines_are_not_glued_to_progress_bars(capsys):
+    """Inside the CLI, a log line written while a bar is shown starts on its own line."""
+    import logging
+
+    from tqdm import tqdm
+
+    from hf_sinklora.cli import logs_beside_progress_bars
+
+    logger = logging.getLogger("hf_sinklora.test_bars")
+    handler = logging.StreamHandler()  # stderr, as basicConfig sets it up
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        with logs_beside_progress_bars():
+            bar = tqdm(total=2, desc="bar", mininterval=0)
+            bar.update(1)
+            logger.info("halfway")
+            bar.update(1)
+            bar.close()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    lines = [line.rsplit("\r", 1)[-1] for line in capsys.readouterr().err.split("\n")]
+    assert "INFO halfway" in lines, lines

@@ -192,6 +192,7 @@ def test_passkey_through_eviction_caches(checkpoint, tmp_path, capsys):
         assert main([*base, "--cache", policy, "--budget", "24", "--prefill-chunk-size", "32", "--output", str(out)]) == 0
         settings = json.loads(out.read_text())["settings"]
         assert (settings["cache"], settings["budget"], settings["prefill_chunk_size"]) == (policy, 24.0, 32)
+        assert f"{policy} cache, budget 24, prefill in chunks of 32)" in capsys.readouterr().out, "the table says what it measured"
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -224,14 +224,15 @@ def test_bad_inputs_fail_in_one_line(recipe_workspace, tmp_path, capsys, change,
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), "a failed start leaves no run"
 
 
-def test_corrupt_jsonl_names_the_file_and_line(recipe_workspace, tmp_path, capsys):
+def test_corrupt_jsonl_names_the_file_and_line(recipe_workspace, tmp_path, capsys, caplog):
     data = tmp_path / "broken.jsonl"
     data.write_text('{"text": "fine"}\n{"text": "fine too"}\n{"text": broken\n')
     argv = _argv(recipe_workspace, tmp_path / "out")
     argv[argv.index("--dataset") + 1] = str(data)
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit), caplog.at_level("ERROR"):
         main(argv)
     assert f"dataset file {data}, line 3: Expecting value" in capsys.readouterr().err
+    assert not [r for r in caplog.records if "Failed to load JSON" in r.getMessage()], "datasets' own ERROR lines are noise"
 
 
 def test_push_without_a_token_fails_before_training(recipe_workspace, tmp_path, capsys, monkeypatch):

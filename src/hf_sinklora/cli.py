@@ -8,9 +8,11 @@ turns the file's values into the sub-command's defaults, so flags given too over
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +117,16 @@ def apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> list[
     return argv
 
 
+@contextlib.contextmanager
+def logs_beside_progress_bars() -> Iterator[None]:
+    """Log lines written through tqdm (``logging_redirect_tqdm``), so that they start on a line of
+    their own instead of being glued to a progress bar; transformers' own handler included."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    with logging_redirect_tqdm(loggers=[logging.getLogger(), logging.getLogger("transformers")]):
+        yield
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -124,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"hf-sinklora: error: {error}\n")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return args.handler(args)
+        with logs_beside_progress_bars():
+            return args.handler(args)
     except TrainingInterrupted as stop:
         print(f"hf-sinklora: {stop}", file=sys.stderr)
         return stop.exit_code

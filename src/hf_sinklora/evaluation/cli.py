@@ -144,7 +144,7 @@ def _run_passkey(args: argparse.Namespace) -> int:
     }
     write_json(output, args.output)
     plot_passkey_heatmap(result, plot_path, title=f"passkey accuracy: {Path(args.adapter or args.model).name}")
-    print(format_passkey_table(result))
+    print(format_passkey_table(result, args.cache or "full", args.budget, args.prefill_chunk_size))
     print(f"wrote {args.output} and {plot_path}")
     return 0
 

@@ -42,14 +42,19 @@ def format_perplexity_table(result: dict[str, Any]) -> str:
     return _table(["length", "ppl", "tokens", "windows", "stride", "short docs"], rows)
 
 
-def format_passkey_table(result: dict[str, Any]) -> str:
-    """Accuracy with depths as rows and lengths as columns, then per length and overall."""
+def format_passkey_table(result: dict[str, Any], cache: str = "full", budget: float | None = None,
+                         prefill_chunk_size: int | None = None) -> str:
+    """Accuracy with depths as rows and lengths as columns, then per length and overall, and the KV
+    cache it was measured with (``cache`` policy, ``budget``, ``prefill_chunk_size``)."""
     lengths = result["lengths"]
     by_cell = {(c["length"], c["depth"]): c["accuracy"] for c in result["cells"]}
     rows = [[f"{d:g}"] + [f"{by_cell[(L, d)]:.2f}" for L in lengths] for d in result["depths"]]
     rows.append(["all"] + [f"{result['per_length'][str(L)]:.2f}" for L in lengths])
     table = _table(["depth \\ length"] + [str(L) for L in lengths], rows)
-    return f"{table}\noverall accuracy {result['accuracy']:.3f} ({result['trials']} trials per cell)"
+    measured = "full cache" if cache == "full" else f"{cache} cache, budget {budget:g}"
+    if prefill_chunk_size:
+        measured += f", prefill in chunks of {prefill_chunk_size}"
+    return f"{table}\noverall accuracy {result['accuracy']:.3f} ({result['trials']} trials per cell; {measured})"
 
 
 def format_cache_sweep_table(result: dict[str, Any]) -> str:
