@@ -334,6 +334,25 @@ def test_cards_of_a_cli_run_and_its_checkpoints_name_their_own_folders(recipe_wo
         assert f'load_model("{card.parent}")' in text or f"load_model('{card.parent}')" in text, text[:2000]
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_rows_far_shorter_than_the_target_are_said_and_carded(recipe_workspace, tmp_path, caplog, packing):
+    """A "2048-token extension" trained on rows of a few hundred tokens warns with the numbers, and
+    its card says the length it was trained on (packed rows keep their sequences apart)."""
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="hf_sinklora.training.trainer"):
+        run_training(_settings(recipe_workspace, out, max_steps=1, target_length=2048, packing=packing))
+    warning = next(r.getMessage() for r in caplog.records if "far shorter than max_length=2048" in r.getMessage())
+    longest = int(re.search(r"the longest has (\d+) tokens", warning).group(1))
+    assert 0 < longest < 1024 and "(median" in warning
+    card = (out / "README.md").read_text()
+    assert f"trained on sequences of at most **{longest} tokens**" in card
+    assert f"longest {longest}" in card
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="hf_sinklora.training.trainer"):
+        run_training(_settings(recipe_workspace, tmp_path / "fits", max_steps=1, target_length=2 * longest - 1))
+    assert not [r for r in caplog.records if "far shorter" in r.getMessage()], "rows at half the target or more are fine"
+
+
 def test_card_tags_and_rope_descriptions():
     from hf_sinklora.hub.card import render_model_card, rope_description
 

@@ -202,6 +202,14 @@ from transformers import AutoModelForCausalLM, pipeline
 """
 
 
+def _trained_length_note(training: Mapping[str, Any], target: Any) -> str:
+    """`` (trained on sequences of at most N tokens)`` when the training was shorter than the target."""
+    longest = training.get("longest_trained_sequence")
+    if not isinstance(longest, int) or not isinstance(target, int) or longest >= target:
+        return ""
+    return f" (trained on sequences of at most **{longest} tokens**)"
+
+
 def render_model_card(
     record: Mapping[str, Any],
     load_path: str | None = None,
@@ -240,8 +248,10 @@ def render_model_card(
         f"# {model_name}",
         f"This is {what} for `{base_model or 'an unnamed base model'}` ({record.get('model_type')}), trained with "
         f"[hf-sinklora](https://arxiv.org/abs/2406.05678): {_training_attention(record)} during training, RoPE "
-        f"scaling to **{rope.get('max_position_embeddings')} tokens** ({rope_description(rope)}), and LoRA on the "
-        "attention projections with the embeddings and norms trained in full (LongLoRA's \"LoRA+\").",
+        f"scaling to **{rope.get('max_position_embeddings')} tokens** ({rope_description(rope)})"
+        + _trained_length_note(record.get("training") or {}, rope.get("max_position_embeddings"))
+        + ", and LoRA on the attention projections with the embeddings and norms trained in full (LongLoRA's "
+        "\"LoRA+\").",
         _loading_section(record, load_path),
         "## SF-Attn settings (`config.sf_attention`)\n\n" + _table(record.get("sf_attention", {}).items())
         + "\n\nSF-Attn is the training-time attention; with `eval_mode=\"full\"` inference uses ordinary causal "

@@ -22,6 +22,7 @@ import copy
 import logging
 import math
 import os
+import statistics
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,24 @@ def save_sinklora_files(
     write_model_card(output_dir, record, load_path=str(final), model_name=final.name)
 
 
+def training_sequence_lengths(dataset: Any) -> list[int] | None:
+    """Token count of every sequence the trainer sees: a packed row's sequences one by one (TRL's
+    ``seq_lengths``, kept apart by padding-free attention), else each row's ``input_ids``; None
+    for data without those columns or without a length (a streamed ``IterableDataset``)."""
+    if not hasattr(dataset, "column_names") or not hasattr(dataset, "with_format"):
+        return None
+    import pyarrow.compute as pc
+
+    columns = dataset.column_names
+    if "seq_lengths" in columns:
+        lengths = pc.list_flatten(dataset.with_format("arrow")[:]["seq_lengths"])
+    elif "input_ids" in columns:
+        lengths = pc.list_value_length(dataset.with_format("arrow")[:]["input_ids"])
+    else:
+        return None
+    return [int(n) for n in lengths.to_pylist()]
+
+
 class SinkLoRATrainer(SFTTrainer):
     """``trl.SFTTrainer`` that saves SinkLoRA outputs (config with RoPE + SF-Attn, model card).
 
@@ -119,6 +138,8 @@ class SinkLoRATrainer(SFTTrainer):
         self.dataset_names = [str(name) for name in dataset_names]
         self.eval_dataset_name = eval_dataset_name
         self._check_nothing_dropped(given)
+        self._sequence_lengths = training_sequence_lengths(self.train_dataset)
+        self._warn_when_sequences_are_short()
 
     def train(self, *args: Any, **kwargs: Any) -> Any:
         with without_known_deprecations():
@@ -181,6 +202,18 @@ class SinkLoRATrainer(SFTTrainer):
             logger.warning("%d of %d examples dropped: their response starts after max_length=%d tokens",
                            len(given) - len(kept), len(given), self.args.max_length)
 
+    def _warn_when_sequences_are_short(self) -> None:
+        """One line when the longest training sequence is under half of ``max_length`` (the target):
+        positions beyond it are never trained, whatever the RoPE scaling says."""
+        lengths, target = self._sequence_lengths, self.args.max_length
+        if not lengths or target is None or max(lengths) * 2 > target:
+            return
+        logger.warning(
+            "the training sequences are far shorter than max_length=%d: the longest has %d tokens (median %d, %d "
+            "sequences%s), so positions beyond %d are never trained; use rows as long as the target (LongAlpaca-style)",
+            target, max(lengths), int(statistics.median(lengths)), len(lengths),
+            "; packed rows keep their sequences apart" if self.args.packing else "", max(lengths))
+
     def _training_facts(self) -> dict[str, Any]:
         args, state = self.args, self.state
         losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
@@ -197,6 +230,11 @@ class SinkLoRATrainer(SFTTrainer):
             "padding_free": bool(getattr(self, "padding_free", args.padding_free)),
             "completion_only_loss": getattr(self, "completion_only_loss", args.completion_only_loss),
         }
+        if self._sequence_lengths:
+            lengths = self._sequence_lengths
+            facts["trained_sequence_tokens"] = (f"median {int(statistics.median(lengths))}, longest {max(lengths)} "
+                                                f"({len(lengths)} sequences)")
+            facts["longest_trained_sequence"] = max(lengths)
         if losses:
             facts["last_logged_loss"] = round(losses[-1], 4)
         return facts
