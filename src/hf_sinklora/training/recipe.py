@@ -67,6 +67,8 @@ class TrainSettings:
     group_size: int | None = _opt(None, "fixed SF-Attn group size instead of the ratio")
     sink_tokens: int = _opt(4, "SF-Attn sink tokens per sequence (>= 0)")
     shifted_head_ratio: float = _opt(0.5, "fraction of heads whose groups are shifted by half a group, in [0, 1]")
+    within_context: bool = _opt(False, "allow a target_length within the model's context: fine-tune there with no "
+                                "RoPE change (in-window studies); off, such a target is refused")
     push_to_hub: str | None = _opt(None, "Hub repo id to push the adapter and card to at the end")
     resume: bool = _opt(False, "resume the run in --output-dir from its latest complete checkpoint (same settings; "
                         "a larger --max-steps extends it, and the learning-rate schedule is rebuilt for the new length)")
@@ -140,8 +142,12 @@ def check_model_and_target(settings: TrainSettings) -> None:
     config = model_config_or_error(settings.model)
     context = getattr(config.get_text_config(), "max_position_embeddings", None)
     if context is not None and settings.target_length <= context:
-        raise ValueError(f"target_length={settings.target_length} is not above the model's context "
-                         f"(max_position_embeddings={context}): nothing would be extended")
+        if not settings.within_context:
+            raise ValueError(f"target_length={settings.target_length} is not above the model's context "
+                             f"(max_position_embeddings={context}): nothing would be extended "
+                             "(--within-context, within_context=True in Python, trains inside it on purpose)")
+        logger.warning("within_context: target_length=%d is within the model's context (max_position_embeddings=%d); "
+                       "training there with RoPE unchanged", settings.target_length, context)
     if settings.push_to_hub and get_token() is None:
         raise ValueError(f"push_to_hub={settings.push_to_hub!r} needs a Hugging Face token: "
                          "run `hf auth login` or set HF_TOKEN (checked before training)")

@@ -38,7 +38,10 @@ from .._warnings import without_known_deprecations
 from ..hub.auto import SinkLoRAAdapterConfig
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
 from ..hub.files import staged_save, write_text_atomic
+from . import chunked_head
+from .chunked_head import chunked_head_loss, plain_head_model
 from .scored_positions import (
+    IGNORE_INDEX,
     fused_head_projects_every_position,
     scored_positions,
     token_statistics,
@@ -96,6 +99,12 @@ def save_sinklora_files(
     record = recipe_record(model, datasets=datasets, training=training, eval_results=eval_results)
     final = Path(destination if destination is not None else output_dir)
     write_model_card(output_dir, record, load_path=str(final), model_name=final.name)
+
+
+def _causal_lm_of(model: Any) -> Any:
+    """The transformers causal LM inside a peft model (or the model itself)."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 def training_sequence_lengths(dataset: Any) -> list[int] | None:
@@ -156,9 +165,36 @@ class SinkLoRATrainer(SFTTrainer):
         positions, shift_labels = scored_positions(inputs["labels"])
         if positions.numel() == 0:  # nothing scored: TRL's loss is a finite zero, a mean over no token is not
             return super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if self._long_enough_for_a_chunked_head(model, shift_labels):
+            return self._chunked_head_loss(model, inputs, positions, shift_labels, num_items_in_batch)
         kept = {**inputs, "use_cache": False, "logits_to_keep": positions, "shift_labels": shift_labels}
         loss, outputs = Trainer.compute_loss(self, model, kept, return_outputs=True, num_items_in_batch=num_items_in_batch)
         self._log_token_statistics(token_statistics(outputs.logits, shift_labels), inputs)
+        return loss
+
+    def _long_enough_for_a_chunked_head(self, model: Any, shift_labels: torch.Tensor) -> bool:
+        """The batch's logits would exceed :data:`CHUNKED_HEAD_MIN_ELEMENTS`, the head is a plain one
+        and one process trains (the decoder is called directly, outside a DDP/FSDP wrapper's forward)."""
+        if self.accelerator.num_processes != 1:
+            return False
+        base = _causal_lm_of(self.accelerator.unwrap_model(model))
+        if not plain_head_model(base):
+            return False
+        return shift_labels.numel() * base.config.vocab_size > chunked_head.CHUNKED_HEAD_MIN_ELEMENTS
+
+    def _chunked_head_loss(self, model: Any, inputs: Mapping[str, Any], positions: torch.Tensor,
+                           shift_labels: torch.Tensor, num_items_in_batch: Any) -> torch.Tensor:
+        """The model's loss with the head and cross-entropy run chunk by chunk (:mod:`.chunked_head`)."""
+        base = _causal_lm_of(self.accelerator.unwrap_model(model))
+        decoder = getattr(base, base.base_model_prefix)
+        decoder_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels", "logits_to_keep")}
+        hidden = decoder(**decoder_inputs, use_cache=False).last_hidden_state[:, positions]  # (B, K, H)
+        scored = shift_labels != IGNORE_INDEX
+        loss, sums = chunked_head_loss(
+            base.get_output_embeddings(), hidden[scored], shift_labels[scored],
+            softcap=getattr(base.config, "final_logit_softcapping", None), num_items_in_batch=num_items_in_batch,
+        )
+        self._log_token_statistics(sums, inputs)
         return loss
 
     def _head_on_scored_positions_only(self, inputs: Mapping[str, Any]) -> bool:
