@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .scored_positions import IGNORE_INDEX
+from .scored_positions import IGNORE_INDEX, token_statistics
 
 # model types whose ForCausalLM forward computes logits = head(hidden) (+ final_logit_softcapping)
 PLAIN_HEAD_MODEL_TYPES = frozenset(
@@ -47,16 +47,12 @@ def plain_head_model(model: Any) -> bool:
 def _chunk_loss(head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, softcap: float | None,
                 record: dict[str, Any] | None) -> torch.Tensor:
     """Summed cross-entropy of one chunk. Run twice under checkpointing (forward, then the recompute
-    of backward): the first run also adds the chunk's entropy and argmax hits to ``record``."""
+    of backward): the first run also fills ``record`` with the chunk's :func:`token_statistics`."""
     logits = head(hidden).float()
     if softcap is not None:
         logits = torch.tanh(logits / softcap) * softcap
-    if record is not None and not record.get("done"):
-        with torch.no_grad():
-            log_probs = logits.log_softmax(dim=-1)
-            record["entropy_sum"] = -(log_probs.exp() * log_probs).sum()
-            record["correct"] = (logits.argmax(dim=-1) == targets).sum()
-            record["done"] = True
+    if record is not None and not record:
+        record.update(token_statistics(logits[None], targets[None]))
     return F.cross_entropy(logits, targets, ignore_index=IGNORE_INDEX, reduction="sum")
 
 
@@ -103,8 +99,6 @@ def chunked_head_loss(
     loss = total / divisor
     sums = {}
     if statistics:
-        sums = {"scored": torch.tensor(hidden.shape[0], device=hidden.device),
-                "entropy_sum": sum((r["entropy_sum"] for r in records), hidden.new_zeros((), dtype=torch.float32)),
-                "correct": sum((r["correct"] for r in records), torch.zeros((), dtype=torch.long, device=hidden.device))}
+        sums = {key: sum(record[key] for record in records) for key in ("scored", "entropy_sum", "correct")}
     return loss, sums
 
