@@ -782,7 +782,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     evaluation.add_argument("--long-range-docs", type=int, default=40, help="held-out long-range documents at 4L")
     h2o = parser.add_argument_group("KV eviction at 4L on the fine-tuned models of the first seed")
     h2o.add_argument("--h2o-models", type=_names, default=["full"], help="methods whose model is swept ('' for none)")
-    h2o.add_argument("--h2o-policies", type=_names, default=list(POLICIES), help=f"comma-separated, from {list(POLICIES)}")
+    h2o.add_argument("--h2o-policies", type=_names, default=["h2o", "streaming", "recent"],
+                     help=f"comma-separated, from {list(POLICIES)} (default: h2o, streaming, recent)")
     h2o.add_argument("--h2o-budgets", type=_floats, default=[0.1, 0.25, 0.5],
                      help="fractions of the prompt (passkey) / document (perplexity) kept per layer and KV head")
     h2o.add_argument("--h2o-chunk", type=int, default=32,

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._warnings import quiet_logger
+
 logger = logging.getLogger(__name__)
 
 RECORD_FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".txt": "text"}
@@ -68,13 +70,11 @@ def _load_files(builder: str, files: list[Path], **load_kwargs: Any) -> Any:
     """``datasets.load_dataset`` on local files; a broken JSON file is reported by name and line."""
     import datasets
 
-    # its JSON builder logs each parse failure at ERROR ("... in row 1") before raising: this
-    # function reports the file and line itself, so those lines are only noise
-    parser_logger = logging.getLogger("datasets.packaged_modules.json.json")
-    level = parser_logger.level
-    parser_logger.setLevel(logging.CRITICAL)
     try:
-        return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **load_kwargs)
+        # its JSON builder logs each parse failure at ERROR ("... in row 1") before raising: this
+        # function reports the file and line itself, so those lines are only noise
+        with quiet_logger("datasets.packaged_modules.json.json"):
+            return datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", **load_kwargs)
     except Exception as error:  # datasets wraps parser errors in its own types
         if builder == "json":
             for file in files:
@@ -82,8 +82,6 @@ def _load_files(builder: str, files: list[Path], **load_kwargs: Any) -> Any:
                 if where:
                     raise ValueError(f"dataset file {file}, {where}") from None
         raise ValueError(f"dataset files {[str(f) for f in files]} could not be read: {error}") from None
-    finally:
-        parser_logger.setLevel(level)
 
 
 def load_records(source: str | Path, *, split: str = "train", **load_kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import DTYPE_NAMES, torch_dtype
+from .._warnings import quiet_logger
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,9 @@ def _inspect_cached(path_text: str, size: int, mtime_ns: int) -> GgufCheckpoint:
     if not isinstance(architecture, str) or not architecture:
         raise ValueError(f"{path} has no general.architecture in its metadata: not a model GGUF")
     try:
-        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=str(path))
+        # transformers logs its guesses about metadata a file lacks; the checks below say what matters
+        with quiet_logger("transformers.modeling_gguf_pytorch_utils", logging.ERROR):
+            config = AutoConfig.from_pretrained(str(path.parent), gguf_file=str(path))
     except (*_UNREADABLE, NotImplementedError) as error:
         raise ValueError(f"transformers cannot load GGUF architecture {architecture!r} from {path.name} "
                          f"({_first_line(error)}); use the model's safetensors checkpoint instead") from None
