@@ -68,3 +68,42 @@ def test_no_module_imports_the_package_root():
                      isinstance(node, ast.Import) and any(alias.name == "hf_sinklora" for alias in node.names)
                      for node in ast.walk(ast.parse(path.read_text())))]
     assert not offenders, offenders
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_modules(module_path: Path, known: set[str]) -> set[str]:
+    """Modules of hf_sinklora that a module imports anywhere in it (function-level imports included),
+    as dotted names relative to the package ("hub.loading")."""
+    package = _module_name(module_path).split(".") if module_path.name == "__init__.py" else \
+        _module_name(module_path).split(".")[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(module_path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            elif node.module and node.module.split(".")[0] == "hf_sinklora":
+                base = []
+            else:
+                continue
+            module = node.module.split(".") if node.module else []
+            if not node.level:
+                module = module[1:]
+            target = ".".join(base + module)
+            for alias in node.names:  # `from . import x` may name a module
+                candidate = f"{target}.{alias.name}" if target else alias.name
+                found.add(candidate if candidate in known else target)
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("hf_sinklora."))
+    return {m for m in found if m in known}
+
+
+def test_no_two_modules_import_each_other():
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE or p.name != "__init__.py"}
+    imports = {name: _imported_modules(path, set(paths)) for name, path in paths.items()}
+    mutual = sorted({tuple(sorted((a, b))) for a, targets in imports.items() for b in targets
+                     if a != b and a in imports.get(b, set())})
+    assert not mutual, f"modules that import each other: {mutual}"

@@ -14,36 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
-ADAPTER_MODEL_TYPE = "sinklora_adapter"
+from .adapter_config import ADAPTER_MODEL_TYPE, SinkLoRAAdapterConfig
+from .loading import load_model
 
-
-class SinkLoRAAdapterConfig(PreTrainedConfig):
-    """``config.json`` of a SinkLoRA adapter directory.
-
-    Args:
-        base_config: the trained model's config as a dict (``model_type``, ``rope_parameters``,
-            ``sf_attention`` ...): what the base is loaded with.
-    """
-
-    model_type = ADAPTER_MODEL_TYPE
-
-    def __init__(self, base_config: dict[str, Any] | None = None, **kwargs: Any):
-        self.base_config = dict(base_config or {})
-        super().__init__(**kwargs)
-
-    @classmethod
-    def wrapping(cls, config: PreTrainedConfig) -> SinkLoRAAdapterConfig:
-        return cls(base_config=config.to_dict())
-
-    def to_base_config(self) -> PreTrainedConfig:
-        """The base model's config, RoPE scaling and ``sf_attention`` settings included."""
-        values = dict(self.base_config)
-        if "model_type" not in values:
-            raise ValueError("this sinklora_adapter config.json holds no base_config.model_type")
-        return AutoConfig.for_model(values.pop("model_type"), **values)
-
+__all__ = ["ADAPTER_MODEL_TYPE", "SinkLoRAAdapterConfig", "SinkLoRAAdapterForCausalLM", "register"]
 
 class SinkLoRAAdapterForCausalLM(PreTrainedModel):
     """Only a loader: ``from_pretrained`` returns :func:`hf_sinklora.load_model` of the directory
@@ -53,8 +29,6 @@ class SinkLoRAAdapterForCausalLM(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any) -> Any:
-        from .loading import load_model
-
         if model_args:
             raise ValueError("a SinkLoRA adapter directory takes no positional model arguments")
         kwargs.pop("config", None)  # this wrapper: load_model reads the base config itself

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .._warnings import without_known_deprecations
-from .auto import SinkLoRAAdapterConfig
+from .adapter_config import SinkLoRAAdapterConfig
 from .gguf import GGUF_SUFFIX, gguf_files_in, is_gguf_file, load_pretrained
 
 logger = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ from trl import SFTTrainer
 
 from .._checks import accepts_logits_to_keep
 from .._warnings import without_known_deprecations
-from ..hub.auto import SinkLoRAAdapterConfig
+from ..hub.adapter_config import SinkLoRAAdapterConfig
 from ..hub.card import CARD_FILE, recipe_record, render_model_card, write_model_card
 from ..hub.files import staged_save, write_text_atomic
 from . import chunked_head
